@@ -1,0 +1,5 @@
+"""``python -m fakesmtp`` is the ``fakesmtp`` command."""
+
+from .cli import main
+
+main()

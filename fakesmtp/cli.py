@@ -1,0 +1,319 @@
+"""The ``fakesmtp`` command: thin click front-ends over the scenario, server, catalog and bounce."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+
+from . import __version__
+from .scenario import ScenarioError, builtin_scenarios, load_scenario, load_scenario_file
+from .server import FakeSMTP
+
+STAGE_NAMES = [
+    "connect",
+    "helo",
+    "ehlo",
+    "starttls",
+    "auth",
+    "mail",
+    "rcpt",
+    "data",
+    "end_of_data",
+    "rset",
+    "noop",
+    "vrfy",
+    "expn",
+    "help",
+    "quit",
+    "unknown",
+]
+
+
+class BadInput(click.ClickException):
+    """A mistake in what the user gave us: one line, exit status 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fakesmtp")
+def main() -> None:
+    """A fake SMTP server that gives the replies you choose, to test how mail software copes.
+
+    \b
+    Examples:
+      fakesmtp serve                               # accept all mail on 127.0.0.1:1025
+      fakesmtp serve --scenario greylisting        # a built-in scenario
+      fakesmtp serve --scenario my.yaml --banner 421
+      fakesmtp validate my.yaml
+      fakesmtp explain 452
+      fakesmtp explain "550 5.7.1 Message rejected as spam"
+      fakesmtp from-bounce bounce.eml > repro.yaml
+
+    With the default scenario, an address asks for its own reply: mail to rcpt-550@any.test
+    gets 550 at RCPT, from mail-451@any.test gets 451 at MAIL; data-554@, end_of_data-552@ too.
+    """
+
+
+@main.command()
+@click.option(
+    "--scenario",
+    "-s",
+    metavar="FILE|NAME",
+    help="A scenario file or a built-in name (see `fakesmtp scenarios`). "
+    "Default: accept all, with address-driven replies.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Use 0.0.0.0 only where you mean it (containers).",
+)
+@click.option(
+    "--port",
+    default=1025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="SMTP port (0 picks a free one).",
+)
+@click.option(
+    "--api-port",
+    default=8025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="HTTP API and web page port.",
+)
+@click.option("--no-api", is_flag=True, help="Do not start the HTTP API and web page.")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Keep messages and transcripts in DIR (fsynced before each 250).",
+)
+@click.option(
+    "--tls-port",
+    type=click.IntRange(0, 65535),
+    metavar="N",
+    help="Also listen with implicit TLS (SMTPS) on port N.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TLS certificate (PEM). Default: a self-signed one made at start-up.",
+)
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option(
+    "--banner",
+    metavar="CODE|REPLY",
+    help='Answer the connection with this reply, e.g. 421 or "554 5.7.1 Go away".',
+)
+@click.option("--ehlo", metavar="CODE|REPLY", help="Answer HELO and EHLO with this reply.")
+@click.option("--quiet", "-q", is_flag=True, help="No line per exchange on the console.")
+def serve(
+    scenario: str | None,
+    host: str,
+    port: int,
+    api_port: int,
+    no_api: bool,
+    store: str | None,
+    tls_port: int | None,
+    cert: str | None,
+    key: str | None,
+    banner: str | None,
+    ehlo: str | None,
+    quiet: bool,
+) -> None:
+    """Serve SMTP as the scenario says, printing one line per exchange.
+
+    \b
+    Examples:
+      fakesmtp serve
+      fakesmtp serve --scenario unknown-recipient --port 2525
+      fakesmtp serve --banner 421 --no-api
+      fakesmtp serve --host 0.0.0.0 --store /var/lib/fakesmtp   # in a container
+    """
+    if (cert is None) != (key is None):
+        raise BadInput("--cert and --key go together: give both or neither")
+    try:
+        server = FakeSMTP(
+            scenario,
+            host=host,
+            port=port,
+            tls_port=tls_port,
+            api_port=None if no_api else api_port,
+            store=store,
+            cert=cert,
+            key=key,
+            banner=banner,
+            ehlo=ehlo,
+            echo=not quiet,
+        )
+    except ScenarioError as error:
+        raise BadInput(str(error)) from None
+    run_server(server)
+
+
+def run_server(server: FakeSMTP) -> None:
+    """Run in the foreground until Ctrl-C or SIGTERM, then shut down cleanly (exit 0)."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        task = asyncio.create_task(server.serve_forever(stop))
+        while server.runtime is None or not server._servers:  # until the listeners are bound
+            if task.done():
+                await task
+                return
+            await asyncio.sleep(0.005)
+        scenario = server.scenario
+        api = (
+            f", API and web page on http://{server.api_host}:{server.api_port}/"
+            if server.api_port is not None
+            else ""
+        )
+        smtps = f", SMTPS on {server.host}:{server.tls_port}" if server.tls_port else ""
+        click.echo(f"fakesmtp {__version__}: SMTP on {server.host}:{server.port}{smtps}{api}")
+        click.echo(
+            f"scenario: {scenario.name} ({len(scenario.rules)} rules"
+            f"{', address-driven replies' if scenario.server.address_replies else ''})"
+            f" - Ctrl-C to stop"
+        )
+        sys.stdout.flush()
+        await task
+
+    try:
+        asyncio.run(run())
+    except OSError as error:
+        raise BadInput(f"cannot listen: {error.strerror or error}") from None
+    click.echo("fakesmtp: stopped")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files: tuple[str, ...]) -> None:
+    """Check scenario files: every problem as FILE:LINE: key: what is wrong (allowed: ...).
+
+    Exits 0 when every file is valid, 2 otherwise.
+
+    \b
+    Example:
+      fakesmtp validate scenarios/*.yaml
+    """
+    bad = 0
+    for name in files:
+        try:
+            scenario = load_scenario_file(name)
+        except ScenarioError as error:
+            bad += 1
+            click.echo(str(error), err=True)
+            continue
+        click.echo(f"{name}: ok ({len(scenario.rules)} rules)")
+    if bad:
+        sys.exit(2)
+
+
+@main.command()
+def scenarios() -> None:
+    """List the built-in scenarios, one line each (use them with --scenario NAME)."""
+    found = builtin_scenarios()
+    width = max((len(name) for name in found), default=0)
+    for name, path in found.items():
+        try:
+            description = load_scenario_file(path).description
+        except ScenarioError as error:
+            description = f"(invalid: {error.problems[0]})"
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@main.command()
+@click.argument("words", nargs=-1, required=True)
+@click.option("--lang", type=click.Choice(["en", "fr"]), default="en", show_default=True)
+def explain(words: tuple[str, ...], lang: str) -> None:
+    """What a reply code, an enhanced status or a pasted reply means, and what to do.
+
+    \b
+    Examples:
+      fakesmtp explain 452
+      fakesmtp explain 5.7.26
+      fakesmtp explain "550 5.1.1 <bob@example.test>: Recipient address rejected"
+    """
+    from . import catalog
+
+    try:
+        click.echo(catalog.explain(" ".join(words), lang=lang))
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+
+
+@main.command()
+@click.option(
+    "--class",
+    "kind",
+    metavar="CLASS",
+    type=click.Choice(["success", "intermediate", "transient", "permanent", "not-a-reply"]),
+    help="Only codes of this class.",
+)
+@click.option("--stage", type=click.Choice(STAGE_NAMES), help="Only codes sent at this stage.")
+@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+@click.option("--lang", type=click.Choice(["en", "fr"]), default="en", show_default=True)
+def codes(kind: str | None, stage: str | None, as_json: bool, lang: str) -> None:
+    """The whole reply catalog as a table.
+
+    \b
+    Examples:
+      fakesmtp codes --class transient
+      fakesmtp codes --stage rcpt --json
+    """
+    from . import catalog
+
+    click.echo(catalog.render_codes(kind=kind, stage=stage, as_json=as_json, lang=lang))
+
+
+@main.command("from-bounce")
+@click.argument("source", type=click.File("r", encoding="utf-8", errors="replace"))
+@click.option("--serve", "then_serve", is_flag=True, help="Serve the scenario at once.")
+@click.option(
+    "--port",
+    default=1025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="SMTP port, with --serve.",
+)
+@click.option("--no-api", is_flag=True, help="With --serve: no HTTP API.")
+def from_bounce(source: click.utils.LazyFile, then_serve: bool, port: int, no_api: bool) -> None:
+    """Turn a bounce (DSN) or an MTA log line into a scenario giving the same reply.
+
+    \b
+    Examples:
+      fakesmtp from-bounce bounce.eml > repro.yaml
+      grep status=bounced /var/log/mail.log | fakesmtp from-bounce -
+      fakesmtp from-bounce bounce.eml --serve
+    """
+    from .bounce import BounceError, bounce_to_yaml
+
+    name = getattr(source, "name", "-")
+    try:
+        text = bounce_to_yaml(source.read(), source=name)
+    except BounceError as error:
+        raise BadInput(f"{name}: {error}") from None
+    if not then_serve:
+        click.echo(text, nl=False)
+        return
+    try:
+        scenario = load_scenario(text)
+    except ScenarioError as error:  # a bug of ours if it happens: say so plainly
+        raise BadInput(f"the generated scenario is invalid: {error}") from None
+    click.echo(text, err=True, nl=False)
+    run_server(FakeSMTP(scenario, port=port, api_port=None if no_api else 8025, echo=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,278 @@
+"""Decide the reply for one stage: first firing rule, its counters, the seeded RNG. No I/O.
+
+The engine runs on the server's single event loop and never awaits, so one decision is atomic
+with respect to every other session: counters need no locks, and a scenario swapped at run time
+is seen whole by each command (old or new, never half of each).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import random
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from functools import lru_cache
+from typing import Any
+
+from .reply import Reply
+from .scenario import Match, Rule, Scenario
+from .stages import Action, Per, Stage
+
+
+@dataclass(slots=True)
+class Facts:
+    """What a session knows so far. The session updates it; the engine only reads it."""
+
+    session_id: str
+    client: str
+    tls: bool = False
+    helo: str | None = None
+    user: str | None = None
+    sender: str | None = None  # MAIL FROM, once accepted
+    recipient: str | None = None  # the recipient being tried at RCPT
+    recipients: list[str] = field(default_factory=list)  # accepted recipients
+    raw: bytes | None = None  # the message, at end_of_data
+    _message: EmailMessage | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.raw) if self.raw is not None else 0
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message parsed on first use: only rules that look at headers or body pay for it."""
+        if self._message is None:
+            self._message = email.message_from_bytes(  # type: ignore[assignment]
+                self.raw or b"", policy=email.policy.default
+            )
+        return self._message  # type: ignore[return-value]
+
+    def new_transaction(self) -> None:
+        """RSET, HELO/EHLO or the end of a message: the envelope is gone."""
+        self.sender = None
+        self.recipient = None
+        self.recipients = []
+        self.raw = None
+        self._message = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do instead of the normal reply. ``reply`` None with no action: wait, then default."""
+
+    reply: Reply | None
+    action: Action | None = None
+    delay: float = 0.0
+    rule: Rule | None = None
+    to: str | None = None  # the recipient {to} renders at data / end_of_data
+
+    @property
+    def rule_name(self) -> str | None:
+        if self.rule is None:
+            return "address" if self.reply is not None else None
+        return self.rule.label
+
+
+class _State:
+    """Everything that changes together when a scenario is swapped: one assignment swaps it."""
+
+    __slots__ = ("by_stage", "counters", "index", "rng", "scenario")
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.by_stage: dict[Stage, tuple[Rule, ...]] = {}
+        for rule in scenario.rules:
+            self.by_stage[rule.on] = (*self.by_stage.get(rule.on, ()), rule)
+        self.index = {id(rule): n for n, rule in enumerate(scenario.rules)}
+        self.counters: dict[tuple[int, Any], int] = {}
+        self.rng = random.Random(scenario.seed)
+
+
+class Engine:
+    """Owns the mutable side of a scenario: counters for times/after and the random generator."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self._state = _State(scenario)
+
+    @property
+    def scenario(self) -> Scenario:
+        return self._state.scenario
+
+    def swap(self, scenario: Scenario) -> None:
+        """Use another scenario from the next command on; its counters start at zero."""
+        self._state = _State(scenario)
+
+    def reset(self) -> None:
+        """Forget every count and reseed the generator, keeping the scenario."""
+        self._state = _State(self._state.scenario)
+
+    def has_rules(self, stage: Stage) -> bool:
+        return stage in self._state.by_stage
+
+    def decide(self, stage: Stage, facts: Facts) -> Decision | None:
+        """The first rule for ``stage`` that matches and fires, else the address reply."""
+        state = self._state
+        for rule in state.by_stage.get(stage, ()):
+            matched, to = _matches(rule.match, stage, facts)
+            if not matched:
+                continue
+            if rule.times is not None or rule.after:
+                key = (state.index[id(rule)], _count_key(rule.per, stage, facts))
+                count = state.counters.get(key, 0) + 1
+                state.counters[key] = count
+                if count <= rule.after:
+                    continue
+                if rule.times is not None and count > rule.after + rule.times:
+                    continue
+            if rule.probability is not None and state.rng.random() >= rule.probability:
+                continue
+            return Decision(rule.reply, rule.action, rule.delay, rule, to)
+        if state.scenario.server.address_replies:
+            return _address_decision(stage, facts)
+        return None
+
+    def near_misses(self, stage: Stage, facts: Facts) -> list[tuple[Rule, list[str]]]:
+        """For each rule of this stage that did not match: which of its keys failed."""
+        misses = []
+        for rule in self._state.by_stage.get(stage, ()):
+            failed = [
+                key for key in rule.match.keys if not _key_holds(rule.match, key, stage, facts)
+            ]
+            if failed:
+                misses.append((rule, failed))
+        return misses
+
+
+def _count_key(per: Per, stage: Stage, facts: Facts) -> Any:
+    if per is Per.SERVER:
+        return None
+    if per is Per.CONNECTION:
+        return facts.session_id
+    if per is Per.CLIENT:
+        return facts.client
+    if per is Per.SENDER:
+        return (facts.sender or "").lower()
+    recipient = facts.recipient if stage is Stage.RCPT else ",".join(facts.recipients)
+    recipient = (recipient or "").lower()
+    if per is Per.RECIPIENT:
+        return recipient
+    return (facts.client, (facts.sender or "").lower(), recipient)  # Per.TRIPLET
+
+
+def _matches(match: Match, stage: Stage, facts: Facts) -> tuple[bool, str | None]:
+    """Whether every condition holds, and which recipient satisfied `to` (for {to})."""
+    to = None
+    if match.to is not None:
+        if stage is Stage.RCPT:
+            if facts.recipient is None or not match.to(facts.recipient):
+                return False, None
+            to = facts.recipient
+        else:
+            to = next((r for r in facts.recipients if match.to(r)), None)
+            if to is None:
+                return False, None
+    for key in match.keys:
+        if key != "to" and not _key_holds(match, key, stage, facts):
+            return False, None
+    return True, to
+
+
+def _key_holds(match: Match, key: str, stage: Stage, facts: Facts) -> bool:
+    if key == "client":
+        return match.client is not None and match.client(facts.client)
+    if key == "helo":
+        return facts.helo is not None and match.helo is not None and match.helo(facts.helo)
+    if key == "from":
+        return facts.sender is not None and match.sender is not None and match.sender(facts.sender)
+    if key == "to":
+        return _matches(Match(to=match.to, keys=("to",)), stage, facts)[0]
+    if key == "user":
+        return facts.user is not None and match.user is not None and match.user(facts.user)
+    if key == "tls":
+        return facts.tls is match.tls
+    if key == "size":
+        return match.size is not None and match.size(facts.size)
+    if key == "subject":
+        subject = facts.message.get("subject")
+        return match.subject is not None and subject is not None and match.subject(str(subject))
+    if key == "header":
+        message = facts.message
+        for name, pattern in match.headers:
+            values = message.get_all(name) or []
+            if not any(pattern(str(value)) for value in values):
+                return False
+        return True
+    if key == "body":
+        body = _body_text(facts.message)
+        return match.body is not None and match.body(body)
+    return False
+
+
+def _body_text(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        payload = message.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    try:
+        return str(part.get_content())
+    except (LookupError, ValueError):
+        return ""
+
+
+# --------------------------------------------------------------------------- the default scenario
+
+# `rcpt-550@x`, `550@x` (RCPT), `mail-451-4.7.1@x`, `data-554@x`, `end_of_data-552@x`
+_ADDRESS_RE = re.compile(
+    r"^(?:(?P<stage>mail|rcpt|data|end_of_data)-)?(?P<code>[2-5]\d\d)"
+    r"(?:-(?P<status>[245]\.\d{1,3}\.\d{1,3}))?$",
+    re.IGNORECASE,
+)
+
+
+@lru_cache(maxsize=512)
+def _address_reply(local_part: str) -> tuple[Stage, Reply] | None:
+    match = _ADDRESS_RE.match(local_part)
+    if not match:
+        return None
+    from . import catalog
+
+    stage = Stage((match["stage"] or "rcpt").lower())
+    code = int(match["code"])
+    default_status, text = catalog.default_reply(code, stage.value)
+    status = match["status"] if match["status"] and match["status"][0] == str(code)[0] else None
+    try:
+        return stage, Reply.make(code, status or default_status, text)
+    except ValueError:
+        return None
+
+
+def _reply_from_address(address: str | None, stage: Stage) -> Reply | None:
+    if not address:
+        return None
+    local = address.rpartition("@")[0] or address
+    if not (local[:1].isdigit() or "-" in local):  # the common case costs one check
+        return None
+    found = _address_reply(local.lower())
+    if found is None or found[0] is not stage:
+        return None
+    return found[1]
+
+
+def _address_decision(stage: Stage, facts: Facts) -> Decision | None:
+    """The default scenario: an address's local part asks for the reply at its stage."""
+    if stage is Stage.MAIL:
+        candidates = [facts.sender]
+    elif stage is Stage.RCPT:
+        candidates = [facts.recipient]
+    elif stage in (Stage.DATA, Stage.END_OF_DATA):
+        candidates = [*facts.recipients, facts.sender]
+    else:
+        return None
+    for address in candidates:
+        reply = _reply_from_address(address, stage)
+        if reply is not None:
+            action = Action.CLOSE if reply.closes else None
+            return Decision(reply, action, 0.0, None, address)
+    return None

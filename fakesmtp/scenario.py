@@ -1,0 +1,789 @@
+"""Scenario files -> validated, frozen model. The only module that reads scenario YAML.
+
+YAML 1.1 reads a bare ``on`` key as the boolean ``true``, and ``safe_load`` forgets line numbers,
+so the model is built from ``yaml.compose`` nodes: keys stay the words users wrote, and every
+value carries the line it came from for error messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .patterns import (
+    PatternError,
+    SizeMatcher,
+    TextMatcher,
+    compile_cidr,
+    compile_size,
+    compile_text,
+    parse_duration,
+    parse_size,
+)
+from .reply import Reply, ReplyError
+from .stages import MATCH_KEYS, Action, Per, Stage
+
+DEFAULT_HOSTNAME = "mx.fakesmtp.test"
+DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN")
+KNOWN_EXTENSIONS = frozenset(
+    {"PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "SIZE", "CHUNKING"}
+)
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a scenario: where it is, which key, what is wrong, what is allowed."""
+
+    path: str
+    line: int
+    key: str
+    message: str
+    allowed: str = ""
+
+    def __str__(self) -> str:
+        allowed = f" (allowed: {self.allowed})" if self.allowed else ""
+        return f"{self.path}:{self.line}: {self.key}: {self.message}{allowed}"
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be loaded. ``str()`` gives one ``FILE:LINE: key: why`` per problem."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        first = problems[0]
+        self.path, self.line, self.key, self.message = (
+            first.path,
+            first.line,
+            first.key,
+            first.message,
+        )
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Where a rule was written, for errors, logs and transcripts."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Match:
+    """Conditions of a rule, compiled. ``None`` means "not asked"; all given ones must hold."""
+
+    client: TextMatcher | None = None
+    helo: TextMatcher | None = None
+    sender: TextMatcher | None = None  # the YAML key is `from`
+    to: TextMatcher | None = None
+    user: TextMatcher | None = None
+    tls: bool | None = None
+    subject: TextMatcher | None = None
+    headers: tuple[tuple[str, TextMatcher], ...] = ()
+    body: TextMatcher | None = None
+    size: SizeMatcher | None = None
+    keys: tuple[str, ...] = ()  # the keys written, in order: for near-miss reports
+
+    @property
+    def needs_message(self) -> bool:
+        """Whether matching needs the parsed message (parsed lazily, only then)."""
+        return self.subject is not None or bool(self.headers) or self.body is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """When (stage + match) -> then (reply, action, delay), limited by times/after/probability."""
+
+    on: Stage
+    match: Match = field(default_factory=Match)
+    reply: Reply | None = None
+    action: Action | None = None
+    delay: float = 0.0
+    times: int | None = None
+    after: int = 0
+    per: Per = Per.SERVER
+    probability: float | None = None
+    name: str = ""
+    source: Source = field(default_factory=lambda: Source(path="<code>", line=0))
+
+    @property
+    def label(self) -> str:
+        """How logs and transcripts name the rule."""
+        return self.name or f"{self.on} rule at {self.source}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSSettings:
+    starttls: bool = False
+    required: bool = False
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthSettings:
+    mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    required: bool = False
+    users: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    """The ``server:`` section: identity, extensions and limits."""
+
+    hostname: str = DEFAULT_HOSTNAME
+    size_limit: int = 32 * 1024 * 1024
+    max_recipients: int = 1000
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    auth: AuthSettings | None = None
+    address_replies: bool = False  # the default scenario: `rcpt-550@x` asks RCPT for a 550
+    max_line_length: int = 1000  # command lines, CRLF included (RFC 5321 4.5.3.1.4 says 512)
+    idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes between commands
+    max_connections: int = 1000
+    max_errors: int = 20  # protocol errors in one session before 421 and close
+
+    @property
+    def enhanced_status(self) -> bool:
+        return "ENHANCEDSTATUSCODES" in self.extensions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """A whole scenario: server settings and the rules, first match wins."""
+
+    name: str = "custom"
+    description: str = ""
+    seed: int | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
+    rules: tuple[Rule, ...] = ()
+    source: str = "<code>"
+    text: str = ""  # the YAML it came from, for GET /api/v1/scenario
+
+    def rules_for(self, stage: Stage) -> tuple[Rule, ...]:
+        return tuple(rule for rule in self.rules if rule.on is stage)
+
+
+# --------------------------------------------------------------------------- YAML nodes
+
+
+def _constructor() -> yaml.constructor.SafeConstructor:
+    return yaml.constructor.SafeConstructor()
+
+
+class _Reader:
+    """Walks composed YAML nodes, turning mistakes into Problems instead of exceptions."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self._constructor = _constructor()
+
+    def problem(self, node: yaml.Node | None, key: str, message: str, allowed: str = "") -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(Problem(self.path, line, key, message, allowed))
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def mapping(
+        self, node: yaml.Node, key: str, allowed: tuple[str, ...]
+    ) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
+        """Yield (key, key node, value node), reporting unknown and repeated keys."""
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, key, f"must be a mapping, not {_kind(node)}")
+            return
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            where = f"{key}.{name}" if key else name
+            if name in seen:
+                self.problem(key_node, where, "is given twice")
+                continue
+            seen.add(name)
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+                self.problem(key_node, where, hint, ", ".join(allowed))
+                continue
+            yield name, key_node, value_node
+
+    def scalar(self, node: yaml.Node, key: str, kinds: tuple[type, ...], what: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            self.problem(node, key, f"must be {what}, not {_kind(node)}")
+            return None
+        value = self.value(node)
+        if isinstance(value, bool) and bool not in kinds:
+            self.problem(node, key, f"must be {what}, not {value!r}")
+            return None
+        if not isinstance(value, kinds):
+            self.problem(node, key, f"must be {what}, not {value!r}")
+            return None
+        return value
+
+    def strings(self, node: yaml.Node, key: str) -> str | list[str] | None:
+        """A string or a list of strings (a pattern, or "any of" patterns)."""
+        if isinstance(node, yaml.SequenceNode):
+            items = [self.scalar(item, key, (str, int), "a string") for item in node.value]
+            if any(item is None for item in items):
+                return None
+            if not items:
+                self.problem(node, key, "list is empty")
+                return None
+            return [str(item) for item in items]
+        value = self.scalar(node, key, (str, int), "a string or a list of strings")
+        return None if value is None else str(value)
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return repr(node.value)
+
+
+# --------------------------------------------------------------------------- building
+
+_TOP_KEYS = ("name", "description", "seed", "server", "rules")
+_SERVER_KEYS = (
+    "hostname",
+    "size_limit",
+    "max_recipients",
+    "extensions",
+    "tls",
+    "auth",
+    "address_replies",
+    "max_line_length",
+    "idle_timeout",
+    "max_connections",
+    "max_errors",
+)
+_TLS_KEYS = ("starttls", "required", "cert", "key")
+_AUTH_KEYS = ("mechanisms", "required", "users")
+_RULE_KEYS = (
+    "on",
+    "match",
+    "reply",
+    "action",
+    "delay",
+    "times",
+    "after",
+    "per",
+    "probability",
+    "name",
+)
+_MATCH_KEYS = (
+    "from",
+    "to",
+    "helo",
+    "client",
+    "user",
+    "tls",
+    "subject",
+    "header",
+    "body",
+    "size",
+)
+_REPLY_KEYS = ("code", "status", "text")
+_STAGE_WORDS = ", ".join(s.value for s in Stage)
+
+# Which `per` keys need which facts, i.e. from which stage on they mean anything.
+_PER_STAGES: dict[Per, frozenset[Stage]] = {
+    Per.SENDER: frozenset(s for s in Stage if "from" in MATCH_KEYS[s]),
+    Per.RECIPIENT: frozenset({Stage.RCPT, Stage.DATA, Stage.END_OF_DATA}),
+    Per.TRIPLET: frozenset({Stage.RCPT, Stage.DATA, Stage.END_OF_DATA}),
+}
+
+
+def _default_reply_text(code: int, stage: Stage | None) -> tuple[str | None, str]:
+    """The catalog's status and text for a bare code (``reply: 452``)."""
+    try:
+        from . import catalog
+    except ImportError:  # pragma: no cover - the catalog ships with the package
+        return (f"{str(code)[0]}.0.0" if str(code)[0] in "245" else None), "Reply from fakesmtp"
+    return catalog.default_reply(code, stage.value if stage else None)
+
+
+class _Builder:
+    def __init__(self, path: str) -> None:
+        self.read = _Reader(path)
+
+    # -- top level
+    def scenario(self, root: yaml.Node | None, text: str) -> Scenario | None:
+        r = self.read
+        if root is None:
+            r.problem(None, "scenario", "file is empty", "name, description, seed, server, rules")
+            return None
+        fields: dict[str, Any] = {"source": r.path, "text": text}
+        for key, _, node in r.mapping(root, "", _TOP_KEYS):
+            if key in ("name", "description"):
+                value = r.scalar(node, key, (str,), "a string")
+                if value is not None:
+                    fields[key] = value
+            elif key == "seed":
+                value = r.scalar(node, key, (int,), "a whole number")
+                if value is not None:
+                    fields["seed"] = value
+            elif key == "server":
+                fields["server"] = self.server(node)
+            elif key == "rules":
+                fields["rules"] = self.rules(node)
+        if r.problems:
+            return None
+        if "name" not in fields and r.path not in ("<code>", "<text>", "-"):
+            fields["name"] = Path(r.path).stem
+        return Scenario(**fields)
+
+    def server(self, node: yaml.Node) -> ServerSettings:
+        r = self.read
+        settings: dict[str, Any] = {}
+        for key, _, value_node in r.mapping(node, "server", _SERVER_KEYS):
+            where = f"server.{key}"
+            if key == "hostname":
+                value = r.scalar(value_node, where, (str,), "a host name")
+                if value is not None:
+                    settings[key] = value
+            elif key in ("size_limit", "max_line_length"):
+                value = r.scalar(value_node, where, (str, int), "a size like 10MiB")
+                if value is not None:
+                    try:
+                        settings[key] = parse_size(value)
+                    except PatternError as error:
+                        r.problem(value_node, where, str(error))
+            elif key in ("max_recipients", "max_connections", "max_errors"):
+                value = r.scalar(value_node, where, (int,), "a whole number")
+                if value is not None:
+                    if value < 1:
+                        r.problem(value_node, where, "must be 1 or more")
+                    settings[key] = value
+            elif key == "idle_timeout":
+                value = r.scalar(value_node, where, (str, int, float), "a duration like 30s")
+                if value is not None:
+                    try:
+                        settings[key] = parse_duration(value)
+                    except PatternError as error:
+                        r.problem(value_node, where, str(error))
+            elif key == "address_replies":
+                value = r.scalar(value_node, where, (bool,), "true or false")
+                if value is not None:
+                    settings[key] = value
+            elif key == "extensions":
+                settings[key] = self.extensions(value_node)
+            elif key == "tls":
+                settings[key] = self.tls(value_node)
+            elif key == "auth":
+                settings[key] = self.auth(value_node)
+        return ServerSettings(**settings)
+
+    def extensions(self, node: yaml.Node) -> tuple[str, ...]:
+        r = self.read
+        if not isinstance(node, yaml.SequenceNode):
+            r.problem(
+                node, "server.extensions", "must be a list", ", ".join(sorted(KNOWN_EXTENSIONS))
+            )
+            return DEFAULT_EXTENSIONS
+        names = []
+        for item in node.value:
+            value = r.scalar(item, "server.extensions", (str,), "an extension name")
+            if value is None:
+                continue
+            name = value.upper()
+            if name not in KNOWN_EXTENSIONS:
+                r.problem(
+                    item,
+                    "server.extensions",
+                    f"unknown extension {value!r}",
+                    ", ".join(sorted(KNOWN_EXTENSIONS)),
+                )
+            names.append(name)
+        return tuple(names)
+
+    def tls(self, node: yaml.Node) -> TLSSettings:
+        r = self.read
+        settings: dict[str, Any] = {}
+        for key, _, value_node in r.mapping(node, "server.tls", _TLS_KEYS):
+            where = f"server.tls.{key}"
+            if key in ("starttls", "required"):
+                value = r.scalar(value_node, where, (bool,), "true or false")
+            else:
+                value = r.scalar(value_node, where, (str,), "a file path")
+                if value is not None and not Path(value).is_file():
+                    r.problem(value_node, where, f"no such file: {value}")
+            if value is not None:
+                settings[key] = value
+        if ("cert" in settings) != ("key" in settings):
+            r.problem(node, "server.tls", "cert and key go together: give both or neither")
+        if settings.get("required") and "starttls" not in settings:
+            settings["starttls"] = True  # requiring TLS implies offering it
+        return TLSSettings(**settings)
+
+    def auth(self, node: yaml.Node) -> AuthSettings:
+        r = self.read
+        settings: dict[str, Any] = {}
+        for key, _, value_node in r.mapping(node, "server.auth", _AUTH_KEYS):
+            where = f"server.auth.{key}"
+            if key == "required":
+                value = r.scalar(value_node, where, (bool,), "true or false")
+                if value is not None:
+                    settings[key] = value
+            elif key == "mechanisms":
+                names = r.strings(value_node, where)
+                names = [names] if isinstance(names, str) else names
+                if names is not None:
+                    upper = tuple(n.upper() for n in names)
+                    for name in upper:
+                        if name not in AUTH_MECHANISMS:
+                            r.problem(
+                                value_node,
+                                where,
+                                f"unknown mechanism {name!r}",
+                                ", ".join(AUTH_MECHANISMS),
+                            )
+                    settings[key] = upper
+            elif key == "users":
+                users: dict[str, str] = {}
+                for user, _, password_node in r.mapping(value_node, where, _AnyKey()):
+                    password = r.scalar(password_node, f"{where}.{user}", (str, int), "a password")
+                    if password is not None:
+                        users[user] = str(password)
+                settings[key] = users
+        return AuthSettings(**settings)
+
+    # -- rules
+    def rules(self, node: yaml.Node) -> tuple[Rule, ...]:
+        r = self.read
+        if not isinstance(node, yaml.SequenceNode):
+            r.problem(node, "rules", f"must be a list of rules, not {_kind(node)}")
+            return ()
+        rules = []
+        for index, item in enumerate(node.value):
+            rule = self.rule(item, index)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, node: yaml.Node, index: int) -> Rule | None:
+        r = self.read
+        before = len(r.problems)
+        nodes = {
+            key: (key_node, value_node)
+            for key, key_node, value_node in r.mapping(node, f"rules[{index}]", _RULE_KEYS)
+        }
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        stage = None
+        if "on" not in nodes:
+            r.problem(node, "on", "every rule needs a stage", _STAGE_WORDS)
+        else:
+            value = r.scalar(nodes["on"][1], "on", (str,), "a stage name")
+            if value is not None:
+                try:
+                    stage = Stage(value)
+                except ValueError:
+                    close = difflib.get_close_matches(value, [s.value for s in Stage], n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    r.problem(nodes["on"][1], "on", f"unknown stage {value!r}{hint}", _STAGE_WORDS)
+        fields: dict[str, Any] = {
+            "source": Source(path=r.path, line=node.start_mark.line + 1),
+        }
+        if stage is not None:
+            fields["on"] = stage
+        for key, (_, value_node) in nodes.items():
+            if key == "on":
+                continue
+            handler = getattr(self, f"rule_{key}")
+            value = handler(value_node, stage)
+            if value is not None:
+                fields[key] = value
+        if stage is None or len(r.problems) > before:
+            return None
+        if not any(k in nodes for k in ("reply", "action", "delay")):
+            r.problem(node, "reply", "a rule must say what to do", "reply, action, delay")
+            return None
+        action = fields.get("action")
+        if action in (Action.DROP, Action.RESET, Action.HANG) and "reply" in fields:
+            r.problem(
+                nodes["action"][1],
+                "action",
+                f"{action} gives no reply, so this rule's reply would never be sent",
+                "close (reply then close), or remove reply",
+            )
+            return None
+        per = fields.get("per", Per.SERVER)
+        if "per" in fields and stage not in _PER_STAGES.get(per, frozenset(Stage)):
+            r.problem(
+                nodes["per"][1],
+                "per",
+                f"per {per} means nothing at stage {stage}: it has no {per} yet",
+                ", ".join(p.value for p in Per if stage in _PER_STAGES.get(p, frozenset(Stage))),
+            )
+            return None
+        return Rule(**fields)
+
+    def rule_match(self, node: yaml.Node, stage: Stage | None) -> Match | None:
+        r = self.read
+        fields: dict[str, Any] = {}
+        keys = []
+        for key, key_node, value_node in r.mapping(node, "match", _MATCH_KEYS):
+            where = f"match.{key}"
+            if stage is not None and key not in MATCH_KEYS[stage]:
+                allowed = ", ".join(k for k in _MATCH_KEYS if k in MATCH_KEYS[stage])
+                r.problem(key_node, where, f"stage {stage} cannot match on {key}", allowed)
+                continue
+            keys.append(key)
+            try:
+                if key == "tls":
+                    value = r.scalar(value_node, where, (bool,), "true or false")
+                    if value is not None:
+                        fields["tls"] = value
+                elif key == "size":
+                    value = r.scalar(value_node, where, (str, int), "a comparison like >1MiB")
+                    if value is not None:
+                        fields["size"] = compile_size(value)
+                elif key == "header":
+                    headers = []
+                    for name, _, pattern_node in r.mapping(value_node, where, _AnyKey()):
+                        pattern = r.strings(pattern_node, f"{where}.{name}")
+                        if pattern is not None:
+                            headers.append((name, compile_text(pattern)))
+                    fields["headers"] = tuple(headers)
+                else:
+                    pattern = r.strings(value_node, where)
+                    if pattern is not None:
+                        compile_fn = compile_cidr if key == "client" else compile_text
+                        fields["sender" if key == "from" else key] = compile_fn(pattern)
+            except PatternError as error:
+                r.problem(value_node, where, str(error))
+        return Match(keys=tuple(keys), **fields)
+
+    def rule_reply(self, node: yaml.Node, stage: Stage | None) -> Reply | None:
+        r = self.read
+        try:
+            if isinstance(node, yaml.MappingNode):
+                parts: dict[str, Any] = {}
+                for key, _, value_node in r.mapping(node, "reply", _REPLY_KEYS):
+                    if key == "code":
+                        parts[key] = r.scalar(value_node, "reply.code", (int,), "a 3-digit code")
+                    elif key == "status":
+                        parts[key] = r.scalar(value_node, "reply.status", (str,), "like 5.1.1")
+                    else:
+                        parts[key] = r.strings(value_node, "reply.text")
+                if "code" not in parts:
+                    r.problem(node, "reply.code", "a reply needs a code", "200 to 599")
+                    return None
+                if parts["code"] is None or any(v is None for v in parts.values()):
+                    return None
+                return self._reply(parts["code"], parts.get("status"), parts.get("text"), stage)
+            value = r.scalar(node, "reply", (str, int), 'a reply like "550 5.1.1 text"')
+            if value is None:
+                return None
+            if isinstance(value, int) or str(value).strip().isdigit():
+                return self._reply(int(value), None, None, stage)
+            reply = Reply.parse(str(value))
+            if reply.lines == ("",):  # "550 5.1.1" alone: the catalog's text
+                return self._reply(reply.code, reply.status, None, stage)
+            return reply
+        except ReplyError as error:
+            allowed = "200 to 599" if "code" in str(error) and "between" in str(error) else ""
+            r.problem(node, "reply", str(error), allowed)
+            return None
+
+    @staticmethod
+    def _reply(code: int, status: str | None, text: Any, stage: Stage | None) -> Reply:
+        if not 200 <= code <= 599:
+            raise ReplyError(f"reply code {code} is not between 200 and 599")
+        if text is None:
+            default_status, default_text = _default_reply_text(code, stage)
+            status = status if status is not None else default_status
+            text = default_text
+        return Reply.make(code, status, text)
+
+    def rule_action(self, node: yaml.Node, stage: Stage | None) -> Action | None:
+        value = self.read.scalar(node, "action", (str,), "an action")
+        if value is None:
+            return None
+        try:
+            return Action(value)
+        except ValueError:
+            self.read.problem(
+                node, "action", f"unknown action {value!r}", ", ".join(a.value for a in Action)
+            )
+            return None
+
+    def rule_delay(self, node: yaml.Node, stage: Stage | None) -> float | None:
+        value = self.read.scalar(node, "delay", (str, int, float), "a duration like 2s or 500ms")
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except PatternError as error:
+            self.read.problem(node, "delay", str(error))
+            return None
+
+    def _count(self, node: yaml.Node, key: str, minimum: int) -> int | None:
+        value = self.read.scalar(node, key, (int,), "a whole number")
+        if value is not None and value < minimum:
+            self.read.problem(node, key, f"must be {minimum} or more")
+            return None
+        return value
+
+    def rule_times(self, node: yaml.Node, stage: Stage | None) -> int | None:
+        return self._count(node, "times", 1)
+
+    def rule_after(self, node: yaml.Node, stage: Stage | None) -> int | None:
+        return self._count(node, "after", 0)
+
+    def rule_per(self, node: yaml.Node, stage: Stage | None) -> Per | None:
+        value = self.read.scalar(node, "per", (str,), "what the counts are kept per")
+        if value is None:
+            return None
+        try:
+            return Per(value)
+        except ValueError:
+            self.read.problem(
+                node, "per", f"unknown value {value!r}", ", ".join(p.value for p in Per)
+            )
+            return None
+
+    def rule_probability(self, node: yaml.Node, stage: Stage | None) -> float | None:
+        value = self.read.scalar(node, "probability", (int, float), "a number from 0 to 1")
+        if value is None:
+            return None
+        if not 0 < value <= 1:
+            self.read.problem(node, "probability", f"{value} is not in (0, 1]", "0 < p <= 1")
+            return None
+        return float(value)
+
+    def rule_name(self, node: yaml.Node, stage: Stage | None) -> str | None:
+        return self.read.scalar(node, "name", (str,), "a string")
+
+
+class _AnyKey(tuple):
+    """An `allowed` list that allows every key (user names, header names)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_scenario_text(text: str, source: str = "<text>") -> Scenario:
+    """Build a Scenario from YAML text; raise ScenarioError listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ScenarioError([Problem(source, line, "yaml", f"not valid YAML: {reason}")]) from None
+    builder = _Builder(source)
+    scenario = builder.scenario(root, text)
+    if builder.read.problems or scenario is None:
+        raise ScenarioError(builder.read.problems)
+    return scenario
+
+
+def load_scenario_file(path: str | Path) -> Scenario:
+    """Read and build one scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ScenarioError([Problem(str(path), 0, "file", f"cannot read: {reason}")]) from None
+    return load_scenario_text(text, str(path))
+
+
+def builtin_dir() -> Path:
+    """Where the built-in scenarios are: in the wheel, or at the top of a source checkout."""
+    packaged = resources.files("fakesmtp").joinpath("scenarios")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def builtin_scenarios() -> dict[str, Path]:
+    """Built-in scenario names -> files."""
+    directory = builtin_dir()
+    if not directory.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(directory.glob("*.yaml"))}
+
+
+def default_scenario() -> Scenario:
+    """No ``--scenario``: accept everything; addresses like ``rcpt-550@x`` ask for a reply."""
+    path = builtin_scenarios().get("default")
+    if path is not None:
+        return load_scenario_file(path)
+    return Scenario(name="default", server=ServerSettings(address_replies=True))
+
+
+def load_scenario(spec: Scenario | Mapping[str, Any] | str | Path | None = None) -> Scenario:
+    """Load a scenario from a Scenario, a dict, a file path, a built-in name, or YAML text.
+
+    ``None`` gives the default scenario. Raises ScenarioError with ``FILE:LINE: key: why``.
+    """
+    if spec is None:
+        return default_scenario()
+    if isinstance(spec, Scenario):
+        return spec
+    if isinstance(spec, Mapping):
+        # Through YAML text so a dict gets the same validation; a `True` key is a lost `on`.
+        plain = json.loads(json.dumps(spec, default=str).replace('"true":', '"on":'))
+        return load_scenario_text(yaml.safe_dump(plain, sort_keys=False), "<dict>")
+    if isinstance(spec, Path):
+        return load_scenario_file(spec)
+    if "\n" not in spec:
+        if Path(spec).is_file():
+            return load_scenario_file(spec)
+        builtin = builtin_scenarios().get(spec)
+        if builtin is not None:
+            return load_scenario_file(builtin)
+        if ":" not in spec:
+            names = ", ".join(builtin_scenarios())
+            raise ScenarioError(
+                [Problem(spec, 0, "scenario", "no such file or built-in scenario", names)]
+            )
+    return load_scenario_text(spec)
+
+
+def quick_rule(stage: Stage | str, reply: str | int, *, name: str = "") -> Rule:
+    """A rule from a stage and a reply, as ``serve --banner 421`` builds it.
+
+    ``reply`` is a code (text and enhanced status from the catalog) or a whole reply line.
+    """
+    spec = f"on: {Stage(stage).value}\nreply: {json.dumps(str(reply))}\n"
+    if name:
+        spec += f"name: {json.dumps(name)}\n"
+    scenario = load_scenario_text(
+        "rules:\n"
+        + "".join(
+            "  " + ("- " if n == 0 else "  ") + line for n, line in enumerate(spec.splitlines(True))
+        ),
+        "<option>",
+    )
+    return scenario.rules[0]
+
+
+def with_rules_first(scenario: Scenario, rules: tuple[Rule, ...]) -> Scenario:
+    """The same scenario with ``rules`` tried before its own."""
+    return replace(scenario, rules=(*rules, *scenario.rules))

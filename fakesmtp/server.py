@@ -1,0 +1,415 @@
+"""Running a server: listeners, the shared runtime, and ``FakeSMTP`` for tests and scripts.
+
+One asyncio loop carries the SMTP listener(s) and the HTTP API, so swapping the scenario or
+resetting counters happens between commands and needs no locks. ``FakeSMTP`` runs that loop in
+a background thread (``with FakeSMTP() as smtp:``) or on the caller's loop (``async with``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from .engine import Engine
+from .scenario import Scenario, load_scenario, quick_rule, with_rules_first
+from .smtp import Profile, ScenarioSMTP
+from .stages import Stage
+from .store import CapturedMessage, DirStore, Exchange, MemoryStore, SessionRecord
+from .tls import server_context
+
+log = logging.getLogger("fakesmtp")
+
+LISTEN_BACKLOG = 1024  # asyncio's default of 100 leaves a burst of clients without a banner
+SHUTDOWN_GRACE = 5.0  # seconds a session mid-command gets to finish before it is cut
+
+ScenarioSpec = Scenario | Mapping[str, Any] | str | Path | None
+
+
+class Runtime:
+    """What every session of one server shares: scenario, engine, store, live sessions."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        store: MemoryStore,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.loop = loop
+        self.store = store
+        self.cert, self.key = cert, key
+        self.engine = Engine(scenario)
+        self.profile = self._profile(scenario)
+        self.active: set[ScenarioSMTP] = set()
+        self.shutting_down = False
+        self.errors: list[BaseException] = []
+
+    def _profile(self, scenario: Scenario) -> Profile:
+        tls = scenario.server.tls
+        context = self.tls_context(scenario) if tls.starttls or tls.required else None
+        return Profile(scenario, context)
+
+    def tls_context(self, scenario: Scenario) -> ssl.SSLContext:
+        """From the command line's certificate, else the scenario's, else a generated one."""
+        tls = scenario.server.tls
+        cert, key = (self.cert, self.key) if self.cert else (tls.cert, tls.key)
+        return server_context(scenario.server.hostname, cert, key)
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.engine.scenario
+
+    def use(self, scenario: Scenario) -> None:
+        """Swap the scenario (on the loop thread): the next command of every session sees it."""
+        profile = self._profile(scenario)  # may build a certificate: before the swap, not during
+        self.engine.swap(scenario)
+        self.profile = profile
+
+    def session_opened(self, session: ScenarioSMTP) -> bool:
+        """Register a session; True when it is over the connection limit."""
+        assert session.record is not None
+        self.active.add(session)
+        self.store.open_session(session.record)
+        return len(self.active) > self.profile.settings.max_connections
+
+    def session_closed(self, session: ScenarioSMTP) -> None:
+        self.active.discard(session)
+        assert session.record is not None
+        self.store.close_session(session.record)
+
+    def internal_error(self, session: ScenarioSMTP, error: BaseException) -> None:
+        """Our own bug: logged once with its traceback, kept for the test to see."""
+        log.error(
+            "internal error in session %s",
+            session.record.id if session.record else "?",
+            exc_info=error,
+        )
+        self.errors.append(error)
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """421 to idle sessions at once; busy ones finish their command, then get theirs."""
+        self.shutting_down = True
+        for session in list(self.active):
+            if session.awaiting_command and session.transport is not None and not session.closing:
+                session.end_reason = "server shutting down"
+                session._write_reply(
+                    Stage.UNKNOWN, None, session.profile.shutdown, None, note="shutdown"
+                )
+                session._close()
+            elif session.hanging and session.transport is not None:
+                session.transport.abort()
+        deadline = time.monotonic() + grace
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for session in list(self.active):
+            if session.transport is not None:
+                session.transport.abort()
+
+
+class ConsoleLine:
+    """One line per exchange on the console: cheap to skip (--quiet), one write per line."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def __call__(self, kind: str, item: Any) -> None:
+        if kind == "exchange":
+            session, exchange = item
+            self.stream.write(self.format(session, exchange) + "\n")
+        elif kind == "ended":
+            self.stream.write(f"{_clock(item.ended_at)} [{item.id}] session ended: {item.end}\n")
+        elif kind == "message":
+            self.stream.write(
+                f"{_clock(item.received_at)} [{item.session_id}] message "
+                f"{item.id} captured: {item.mail_from} -> "
+                f"{', '.join(item.rcpt_tos)}, {item.size} bytes\n"
+            )
+        else:
+            return
+        if self.stream.isatty():
+            self.stream.flush()
+
+    @staticmethod
+    def format(session: SessionRecord, exchange: Exchange) -> str:
+        command = exchange.command if exchange.command is not None else f"({exchange.stage})"
+        reply = exchange.reply.replace("\r\n", " | ") if exchange.reply else f"({exchange.note})"
+        rule = f"  [rule: {exchange.rule}]" if exchange.rule else ""
+        return f"{_clock(exchange.at)} [{session.id}] {session.client} {command} -> {reply}{rule}"
+
+
+def _clock(at: float | None) -> str:
+    at = at or time.time()
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
+class FakeSMTP:
+    """A fake SMTP server that answers as a scenario says, and keeps what it receives.
+
+    Use it as a context manager, in a background thread::
+
+        with FakeSMTP(scenario="unknown-recipient") as smtp:
+            send_mail_with_my_app(host=smtp.host, port=smtp.port)
+            assert smtp.messages[0].rcpt_tos == ["bob@example.test"]
+
+    or on a running event loop with ``async with FakeSMTP() as smtp:``.
+
+    ``scenario`` is a built-in name, a file path, YAML text, a dict, a ``Scenario``, or None for
+    the default scenario (accept everything; ``rcpt-550@x`` asks RCPT to answer 550).
+    ``port=0`` picks a free port; read it back from ``.port``. ``api_port`` starts the HTTP API
+    too (0 = a free port). ``store`` is a directory to keep messages in across restarts.
+    """
+
+    def __init__(
+        self,
+        scenario: ScenarioSpec = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_port: int | None = None,
+        api_port: int | None = None,
+        api_host: str | None = None,
+        store: str | Path | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        banner: str | int | None = None,
+        ehlo: str | int | None = None,
+        echo: bool | TextIO = False,
+        max_messages: int = 10_000,
+    ) -> None:
+        overrides = []
+        if banner is not None:
+            overrides.append(quick_rule(Stage.CONNECT, banner, name="--banner"))
+        if ehlo is not None:
+            overrides.append(quick_rule(Stage.HELO, ehlo, name="--ehlo"))
+            overrides.append(quick_rule(Stage.EHLO, ehlo, name="--ehlo"))
+        self._overrides = tuple(overrides)
+        self._initial = self._load(scenario)
+        self.host = host
+        self.port = port
+        self.tls_port = tls_port
+        self.api_port = api_port
+        self.api_host = api_host or host
+        self._store_dir = store
+        self._max_messages = max_messages
+        self._cert, self._key = cert, key
+        self._echo = echo
+        self.store: MemoryStore | None = None
+        self.runtime: Runtime | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._api: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+
+    def _load(self, scenario: ScenarioSpec) -> Scenario:
+        loaded = load_scenario(scenario)
+        return with_rules_first(loaded, self._overrides) if self._overrides else loaded
+
+    # ------------------------------------------------------------------ running
+
+    async def _start_on_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if self._store_dir is not None:
+            self.store = DirStore(self._store_dir, max_messages=self._max_messages)
+        else:
+            self.store = MemoryStore(max_messages=self._max_messages)
+        self.runtime = Runtime(self._initial, self.store, loop, cert=self._cert, key=self._key)
+        if self._echo:
+            stream = self._echo if not isinstance(self._echo, bool) else None
+            self.store.subscribe(ConsoleLine(stream))
+        runtime = self.runtime
+        server = await loop.create_server(
+            lambda: ScenarioSMTP(runtime),
+            self.host,
+            self.port,
+            backlog=LISTEN_BACKLOG,
+            reuse_address=True,
+        )
+        self._servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        if self.tls_port is not None:
+            context = runtime.tls_context(runtime.scenario)
+            tls_server = await loop.create_server(
+                lambda: ScenarioSMTP(runtime, implicit_tls=True),
+                self.host,
+                self.tls_port,
+                ssl=context,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
+            self._servers.append(tls_server)
+            self.tls_port = tls_server.sockets[0].getsockname()[1]
+        if self.api_port is not None:
+            from .api import start_api
+
+            self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
+
+    async def _stop_on_loop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        for server in self._servers:
+            server.close()
+        if self.runtime is not None:
+            await self.runtime.shutdown(grace)
+        for server in self._servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._servers.clear()
+        if self._api is not None:
+            await self._api.cleanup()
+            self._api = None
+
+    def start(self) -> FakeSMTP:
+        """Start in a background thread; returns once the listeners accept connections."""
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._stopped = asyncio.Event()
+            try:
+                loop.run_until_complete(self._start_on_loop())
+            except BaseException as error:  # reported to the thread that called start()
+                self._startup_error = error
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_until_complete(self._stopped.wait())
+            loop.run_until_complete(self._stop_on_loop(self._grace))
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+        self._grace = SHUTDOWN_GRACE
+        self._thread = threading.Thread(target=run, name="fakesmtp", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._startup_error is not None:
+            error, self._startup_error = self._startup_error, None
+            self._thread.join()
+            raise error
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop the background server: connected clients get 421 4.3.2, then it closes."""
+        if self._thread is None or self._loop is None or self._stopped is None:
+            return
+        self._grace = grace
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> FakeSMTP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> FakeSMTP:
+        await self._start_on_loop()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop_on_loop(1.0)
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        """Serve on the current loop until ``stop`` is set (the CLI's foreground mode)."""
+        await self._start_on_loop()
+        try:
+            await stop.wait()
+        finally:
+            await self._stop_on_loop()
+
+    # ------------------------------------------------------------------ inspecting
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario in force."""
+        return self.runtime.scenario if self.runtime is not None else self._initial
+
+    @property
+    def messages(self) -> list[CapturedMessage]:
+        """Messages accepted with 250, oldest first."""
+        return self.store.messages() if self.store is not None else []
+
+    @property
+    def sessions(self) -> list[SessionRecord]:
+        """Every session's transcript, oldest first."""
+        return self.store.sessions() if self.store is not None else []
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Internal errors (our bugs) met while serving; the pytest fixture fails on them."""
+        return list(self.runtime.errors) if self.runtime is not None else []
+
+    def wait_for(self, count: int = 1, timeout: float = 5.0) -> list[CapturedMessage]:
+        """Block until ``count`` messages have been captured; raise TimeoutError otherwise."""
+        if self.store is None:
+            raise RuntimeError("the server is not running")
+        return self.store.wait_for(count, timeout)
+
+    def wait_for_sessions(self, count: int = 1, timeout: float = 5.0) -> list[SessionRecord]:
+        """Block until ``count`` sessions have ended (their transcripts are complete)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = [s for s in self.sessions if s.ended_at is not None]
+            if len(ended) >= count:
+                return ended
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {timeout:g}s for {count} ended session(s), got {len(ended)}"
+                )
+            time.sleep(0.01)
+
+    # ------------------------------------------------------------------ changing
+
+    def _on_loop(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` on the server's loop and return its result (from any thread)."""
+        loop = self._loop
+        if loop is None:
+            return function()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return function()
+        future: Any = asyncio.run_coroutine_threadsafe(_call(function), loop)
+        return future.result(timeout=10)
+
+    def use(self, scenario: ScenarioSpec) -> Scenario:
+        """Swap the scenario now; raises ScenarioError (and keeps the old one) when invalid."""
+        loaded = self._load(scenario)
+        if self.runtime is None:
+            self._initial = loaded
+        else:
+            runtime = self.runtime
+            self._on_loop(lambda: runtime.use(loaded))
+        return loaded
+
+    def reset(self, messages: bool = True, sessions: bool = True) -> None:
+        """Forget counters (times/after, the random generator) and, by default, what was stored."""
+        if self.runtime is not None:
+            runtime = self.runtime
+            self._on_loop(runtime.engine.reset)
+            runtime.errors.clear()
+        if self.store is not None:
+            self.store.clear(messages=messages, sessions=sessions)
+
+
+async def _call(function: Callable[[], Any]) -> Any:
+    return function()

@@ -1,0 +1,358 @@
+"""What the server saw: session transcripts and captured messages, in memory or on disk.
+
+The SMTP side calls the store from the event loop; readers (the fixture, `FakeSMTP`, the API)
+may be on other threads, so the shared collections sit behind one small lock. Observers are
+called on the event loop thread and must be quick (the console line, API waiters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import json
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Any
+
+
+def new_id() -> str:
+    """A short unique id; also what "queued as" shows."""
+    return uuid.uuid4().hex[:12].upper()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One step of a conversation: what the client sent and what the server answered."""
+
+    at: float
+    stage: str
+    command: str | None  # None for the banner; credentials are masked
+    reply: str | None  # None when no reply was sent (drop, reset, hang)
+    rule: str | None = None  # the rule that fired, if any
+    note: str | None = None  # e.g. "dropped by rule", "internal error"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "stage": self.stage,
+            "command": self.command,
+            "reply": self.reply,
+            "rule": self.rule,
+            "note": self.note,
+        }
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """One SMTP connection, from banner to close, as a transcript."""
+
+    id: str
+    client: str
+    client_port: int
+    listener: str = "smtp"  # "smtp" or "smtps" (implicit TLS)
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    end: str | None = None  # quit, closed by rule, dropped by rule, client vanished, timeout...
+    helo: str | None = None
+    tls: bool = False
+    user: str | None = None
+    exchanges: list[Exchange] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+
+    def to_json(self, transcript: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "client": self.client,
+            "client_port": self.client_port,
+            "listener": self.listener,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "end": self.end,
+            "helo": self.helo,
+            "tls": self.tls,
+            "user": self.user,
+            "message_ids": list(self.message_ids),
+            "exchange_count": len(self.exchanges),
+        }
+        if transcript:
+            data["transcript"] = [exchange.to_json() for exchange in list(self.exchanges)]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionRecord:
+        exchanges = [Exchange(**item) for item in data.get("transcript", [])]
+        fields = {
+            k: data[k]
+            for k in (
+                "id",
+                "client",
+                "client_port",
+                "listener",
+                "started_at",
+                "ended_at",
+                "end",
+                "helo",
+                "tls",
+                "user",
+                "message_ids",
+            )
+            if k in data
+        }
+        return cls(exchanges=exchanges, **fields)
+
+
+@dataclass(slots=True, eq=False)
+class CapturedMessage:
+    """A message accepted with 250: its envelope and the raw bytes the client sent."""
+
+    id: str
+    session_id: str
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    received_at: float = field(default_factory=time.time)
+    mail_options: list[str] = field(default_factory=list)
+    rcpt_options: dict[str, list[str]] = field(default_factory=dict)
+    _headers: Any = None
+    _message: EmailMessage | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    @property
+    def subject(self) -> str | None:
+        """The Subject header, decoded; only the headers are parsed for it."""
+        if self._headers is None:
+            self._headers = BytesHeaderParser(policy=email.policy.default).parsebytes(self.raw)
+        value = self._headers.get("subject")
+        return None if value is None else str(value)
+
+    @property
+    def message(self) -> EmailMessage:
+        """The whole message as an ``email.message.EmailMessage``, parsed on first use."""
+        if self._message is None:
+            self._message = email.message_from_bytes(  # type: ignore[assignment]
+                self.raw, policy=email.policy.default
+            )
+        return self._message  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "from": self.mail_from,
+            "to": list(self.rcpt_tos),
+            "subject": self.subject,
+            "size": self.size,
+            "received_at": self.received_at,
+            "mail_options": list(self.mail_options),
+            "rcpt_options": {k: list(v) for k, v in self.rcpt_options.items()},
+        }
+
+
+Observer = Callable[[str, Any], None]
+
+
+class MemoryStore:
+    """Messages and sessions in memory, bounded: past the limit the oldest are dropped."""
+
+    def __init__(self, max_messages: int = 10_000, max_sessions: int = 10_000) -> None:
+        self.max_messages = max_messages
+        self.max_sessions = max_sessions
+        self._messages: OrderedDict[str, CapturedMessage] = OrderedDict()
+        self._sessions: OrderedDict[str, SessionRecord] = OrderedDict()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._observers: list[Observer] = []
+
+    # -- observers
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(kind, item)`` for "session", "exchange", "ended", "message" events."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
+    def publish(self, kind: str, item: Any) -> None:
+        for observer in tuple(self._observers):
+            observer(kind, item)
+
+    # -- writing (event loop)
+    def open_session(self, record: SessionRecord) -> None:
+        with self._lock:
+            self._sessions[record.id] = record
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        self.publish("session", record)
+
+    def record(self, session: SessionRecord, exchange: Exchange) -> None:
+        session.exchanges.append(exchange)
+        if self._observers:
+            self.publish("exchange", (session, exchange))
+
+    def close_session(self, record: SessionRecord) -> None:
+        self.publish("ended", record)
+
+    async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
+        """Keep a message; when this returns, the 250 may be sent."""
+        self._remember(message, session)
+
+    def _remember(self, message: CapturedMessage, session: SessionRecord) -> None:
+        with self._changed:
+            self._messages[message.id] = message
+            session.message_ids.append(message.id)
+            while len(self._messages) > self.max_messages:
+                self._messages.popitem(last=False)
+            self._changed.notify_all()
+        self.publish("message", message)
+
+    # -- reading (any thread)
+    def messages(self) -> list[CapturedMessage]:
+        """Oldest first."""
+        with self._lock:
+            return list(self._messages.values())
+
+    def message(self, message_id: str) -> CapturedMessage | None:
+        with self._lock:
+            return self._messages.get(message_id)
+
+    def sessions(self) -> list[SessionRecord]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def session(self, session_id: str) -> SessionRecord | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def clear(self, messages: bool = True, sessions: bool = True) -> None:
+        with self._lock:
+            if messages:
+                self._messages.clear()
+            if sessions:
+                self._sessions.clear()
+
+    def wait_for(self, count: int, timeout: float) -> list[CapturedMessage]:
+        """Block this thread until ``count`` messages are stored, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"waited {timeout:g}s for {count} message(s), got {len(self._messages)}"
+                    )
+                self._changed.wait(remaining)
+            return list(self._messages.values())
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._messages)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: the file is whole or absent after a crash."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DirStore(MemoryStore):
+    """A MemoryStore that also keeps everything in a directory, safe across ``kill -9``.
+
+    Layout: ``messages/<id>.eml`` (the raw bytes) beside ``messages/<id>.json`` (envelope),
+    ``sessions/<id>.json`` (transcripts). A message is on disk, fsynced, before its 250.
+    """
+
+    def __init__(self, directory: str | Path, **limits: int) -> None:
+        super().__init__(**limits)
+        self.directory = Path(directory)
+        self._message_dir = self.directory / "messages"
+        self._session_dir = self.directory / "sessions"
+        self._message_dir.mkdir(parents=True, exist_ok=True)
+        self._session_dir.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    def _load(self) -> None:
+        loaded = []
+        for meta_path in self._message_dir.glob("*.json"):
+            eml_path = meta_path.with_suffix(".eml")
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                raw = eml_path.read_bytes()
+            except (OSError, ValueError):
+                continue  # a write cut short by a crash: it was never acknowledged
+            loaded.append(
+                CapturedMessage(
+                    id=meta["id"],
+                    session_id=meta["session_id"],
+                    mail_from=meta["from"],
+                    rcpt_tos=meta["to"],
+                    raw=raw,
+                    received_at=meta["received_at"],
+                    mail_options=meta.get("mail_options", []),
+                    rcpt_options=meta.get("rcpt_options", {}),
+                )
+            )
+        for message in sorted(loaded, key=lambda m: m.received_at):
+            self._messages[message.id] = message
+        sessions = []
+        for path in self._session_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                sessions.append(SessionRecord.from_json(json.loads(path.read_text("utf-8"))))
+        for record in sorted(sessions, key=lambda s: s.started_at):
+            self._sessions[record.id] = record
+
+    async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
+        # fsync takes milliseconds: do it off the loop so other sessions keep being served.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._write_message, message)
+        self._remember(message, session)
+        self._write_session_soon(session)
+
+    def _write_message(self, message: CapturedMessage) -> None:
+        # The .eml first: a .json is only ever beside a complete .eml.
+        _write_durably(self._message_dir / f"{message.id}.eml", message.raw)
+        meta = message.to_json()
+        _write_durably(self._message_dir / f"{message.id}.json", json.dumps(meta).encode())
+        _fsync_dir(self._message_dir)
+
+    def _write_session_soon(self, record: SessionRecord) -> None:
+        data = json.dumps(record.to_json()).encode()
+        path = self._session_dir / f"{record.id}.json"
+        asyncio.get_running_loop().run_in_executor(None, _write_durably, path, data)
+
+    def close_session(self, record: SessionRecord) -> None:
+        super().close_session(record)
+        try:
+            self._write_session_soon(record)
+        except RuntimeError:  # no running loop: write now
+            _write_durably(
+                self._session_dir / f"{record.id}.json", json.dumps(record.to_json()).encode()
+            )
+
+    def clear(self, messages: bool = True, sessions: bool = True) -> None:
+        super().clear(messages, sessions)
+        for wanted, directory in ((messages, self._message_dir), (sessions, self._session_dir)):
+            if wanted:
+                for path in directory.iterdir():
+                    path.unlink(missing_ok=True)
