@@ -169,9 +169,9 @@ class ScenarioSMTP(AiosmtpdSMTP):
             return
         if not self.hanging and not self.closing:
             self._write_reply(Stage.UNKNOWN, None, self.profile.timeout, None, note="idle timeout")
-        self.end_reason = self.end_reason or (
-            "timeout while hanging" if self.hanging else "timeout"
-        )
+        if self.hanging:
+            self.end_reason = "timeout while hanging"
+        self.end_reason = self.end_reason or "timeout"
         self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -331,9 +331,10 @@ class ScenarioSMTP(AiosmtpdSMTP):
         fields = self._fields(decision) if reply.templated else None
         data = self.profile.wire(reply, fields)
         assert self.transport is not None
-        self.transport.write(data)
         rule = decision.rule_name if decision else None
+        # Recorded before it is written: whoever reads the reply finds it in the transcript.
         self._log(stage, command, data.decode("utf-8", "replace").rstrip("\r\n"), rule, note)
+        self.transport.write(data)
 
     def _log(
         self,
