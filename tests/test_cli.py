@@ -1,4 +1,4 @@
-"""The `fakesmtp` command: serve from the console script, validate, scenarios, the Dockerfile's CMD."""
+"""The `fakesmtp` command: serve in a subprocess, validate, scenarios, the Dockerfile CMD."""
 
 from __future__ import annotations
 
