@@ -1,0 +1,33 @@
+"""README examples are tests: every YAML block is a valid scenario, every Python block runs."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fakesmtp.scenario import load_scenario_text
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, re.MULTILINE | re.DOTALL)
+YAML = [body for lang, body in BLOCKS if lang == "yaml"]
+PYTHON = [body for lang, body in BLOCKS if lang == "python"]
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.mark.parametrize("text", YAML, ids=[f"yaml-{n}" for n in range(len(YAML))])
+def test_yaml_examples_are_valid_scenarios(text: str) -> None:
+    load_scenario_text(text, "README.md")
+
+
+@pytest.mark.parametrize("code", PYTHON, ids=[f"python-{n}" for n in range(len(PYTHON))])
+def test_python_examples_run(code: str, pytester: pytest.Pytester) -> None:
+    if "def test_" in code:  # a pytest example: run it as a test file, with our plugin
+        pytester.makepyfile(test_example=textwrap.dedent(code))
+        result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=code.count("def test_"))
+    else:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
