@@ -215,7 +215,8 @@ def validate(files: tuple[str, ...]) -> None:
             bad += 1
             click.echo(str(error), err=True)
             continue
-        click.echo(f"{name}: ok ({len(scenario.rules)} rules)")
+        count = len(scenario.rules)
+        click.echo(f"{name}: ok ({count} rule{'' if count == 1 else 's'})")
     if bad:
         sys.exit(2)
 

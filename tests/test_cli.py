@@ -96,7 +96,7 @@ def test_validate_reports_each_file(tmp_path: Path) -> None:
     bad.write_text("rules:\n  - on: rcpt\n    reply: 550\n    action: explode\n")
     result = CliRunner().invoke(main, ["validate", str(good), str(bad)])
     assert result.exit_code == 2
-    assert f"{good}: ok (1 rules)" in result.output
+    assert f"{good}: ok (1 rule)" in result.output
     assert f"{bad}:4: action: unknown action 'explode' (allowed: close, drop, reset, hang)" in (
         result.output
     )
