@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 
-from .engine import Decision, Facts
+from .engine import Decision, Engine, Facts
 from .reply import Reply, clean_text
 from .scenario import Scenario, ServerSettings
 from .stages import VERB_STAGES, Action, Stage
@@ -44,6 +44,38 @@ _PARAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(=[^=\s\x00-\x1f\x7f]+)?$")
 _MASK = "****"
 
 
+def _good_address(address: str) -> bool:
+    # isprintable() also refuses what _ADDRESS_RE lets through: undecodable bytes (kept as
+    # surrogates), C1 controls, bidi overrides, line separators. Such text never reaches a
+    # reply's {to}/{from}, a transcript or the console.
+    return _ADDRESS_RE.match(address) is not None and address.isprintable()
+
+
+def _echo(value: str, limit: int) -> str:
+    """Client text quoted in one of our own error replies: printable ASCII only, bounded."""
+    return clean_text(value.encode("ascii", "replace").decode("ascii"), limit)
+
+
+def _within_512(data: bytes) -> bytes:
+    """Reply lines cut to RFC 5321's 512 octets (CRLF included) at a UTF-8 boundary.
+
+    The reply module bounds a templated line in characters; echoed UTF-8 takes up to four
+    octets per character, so the octets are checked here.
+    """
+    lines = data.split(b"\r\n")
+    if all(len(line) <= 510 for line in lines):
+        return data
+    cut = [line[:510].decode("utf-8", "ignore").encode() for line in lines[:-1]]
+    return b"".join(line + b"\r\n" for line in cut)
+
+
+def _printable(text: str) -> str:
+    """Non-ASCII text made safe for transcripts and consoles (no C1, bidi or separators)."""
+    if text.isascii() or text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _reply(code: int, status: str | None, *lines: str) -> Reply:
     return Reply(code=code, status=status, lines=lines or ("",))
 
@@ -54,6 +86,9 @@ class Profile:
     def __init__(self, scenario: Scenario, starttls: ssl.SSLContext | None) -> None:
         s: ServerSettings = scenario.server
         self.scenario = scenario
+        # The rules travel with the settings: a command that began before a swap is decided and
+        # rendered by the scenario it began with, never by half of each.
+        self.engine = Engine(scenario)
         self.settings = s
         self.starttls = starttls
         self.enhanced = s.enhanced_status
@@ -88,7 +123,7 @@ class Profile:
     def wire(self, reply: Reply, fields: dict[str, str] | None = None) -> bytes:
         """A reply's bytes; fixed replies are rendered once and remembered."""
         if reply.templated:
-            return reply.render(fields, enhanced=self.enhanced)
+            return _within_512(reply.render(fields, enhanced=self.enhanced))
         data = self._wire.get(reply)
         if data is None:
             data = reply.render(enhanced=self.enhanced)
@@ -156,6 +191,8 @@ class ScenarioSMTP(AiosmtpdSMTP):
         self.rcpt_attempted = False
         self.errors = 0
         self.awaiting_command = False
+        self._line_started = False  # a byte of the awaited command line has arrived
+        self._timeout_note = "idle timeout"
         self.closing = False  # a reply-less end (drop, reset, hang) or a close is under way
         self.hanging = False
         self.end_reason: str | None = None
@@ -167,12 +204,30 @@ class ScenarioSMTP(AiosmtpdSMTP):
         # aiosmtpd closes silently; a real MTA says why (RFC 5321 4.5.3.2: 421 before closing).
         if self.transport is None:
             return
+        note = self._timeout_note
         if not self.hanging and not self.closing:
-            self._write_reply(Stage.UNKNOWN, None, self.profile.timeout, None, note="idle timeout")
+            self._write_reply(Stage.UNKNOWN, None, self.profile.timeout, None, note=note)
         if self.hanging:
             self.end_reason = "timeout while hanging"
-        self.end_reason = self.end_reason or "timeout"
+        self.end_reason = self.end_reason or note.replace("idle ", "")
         self.transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._timeout_note = "idle timeout"
+        super()._reset_timeout(duration)
+
+    def data_received(self, data: bytes) -> None:
+        # The idle timer restarts only on a complete line. Once a command line has begun it must
+        # also end within command_timeout, so one trickling client cannot hold a slot for long.
+        # A chunk holding the line's end needs no timer: the line completes at once.
+        if self.awaiting_command and not self._line_started and b"\n" not in data:
+            self._line_started = True
+            limit = self.profile.settings.command_timeout
+            handle = self._timeout_handle
+            if handle is None or handle.when() - self.loop.time() > limit:
+                self._reset_timeout(max(limit, 0.001))  # 0 would mean "the idle duration"
+                self._timeout_note = "command timeout"
+        super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -219,6 +274,18 @@ class ScenarioSMTP(AiosmtpdSMTP):
             raise
         except (ConnectionError, OSError):
             self.end_reason = self.end_reason or "client vanished"
+        except Exception as error:  # our bug outside a command (the banner...): 421, not silence
+            runtime.internal_error(self, error)
+            self.end_reason = "internal error"
+            if self.transport is not None and not self.closing:
+                with contextlib.suppress(Exception):
+                    self._write_reply(
+                        Stage.UNKNOWN,
+                        None,
+                        _reply(421, "4.3.0", "Internal error, closing connection"),
+                        None,
+                        note=f"internal error: {type(error).__name__}",
+                    )
         finally:
             if self.transport is not None and not self.hanging:
                 self._close()
@@ -234,35 +301,38 @@ class ScenarioSMTP(AiosmtpdSMTP):
             self._close()
             raise SessionOver
         self.awaiting_command = True
+        self._line_started = False
+        too_long = False
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as overrun:
             self.awaiting_command = False
             await self._discard_long_line(overrun.consumed)
-            await self._refuse(Stage.UNKNOWN, "<line too long>", 500, "5.5.2", "Line too long")
-            return
+            line, too_long = b"", True
         except asyncio.IncompleteReadError:
             self.end_reason = self.end_reason or "client vanished"
             raise SessionOver from None
         finally:
             self.awaiting_command = False
         self._reset_timeout()
+        # Taken again now the line is here: a swap made while the client was silent applies.
+        self.profile = profile = runtime.profile
         line = line.rstrip(b"\r\n")
-        profile = self.profile
-        if len(line) + 2 > profile.settings.max_line_length:
-            await self._refuse(Stage.UNKNOWN, "<line too long>", 500, "5.5.2", "Line too long")
-            return
+        too_long = too_long or len(line) + 2 > profile.settings.max_line_length
         verb_bytes, _, arg_bytes = line.partition(b" ")
         try:
-            verb = verb_bytes.decode("ascii").upper()
+            verb = "" if too_long else verb_bytes.decode("ascii").upper()
         except UnicodeDecodeError:
             verb = ""
         arg = arg_bytes.decode("utf-8", "surrogateescape").strip()
         stage = VERB_STAGES.get(verb, Stage.UNKNOWN)
-        shown = self._shown_command(verb, line)
+        shown = "<line too long>" if too_long else self._shown_command(verb, line)
         try:
             handler = _VERBS.get(verb)
-            if handler is None:
+            if too_long:
+                # Inside the try: the 500 counts towards max_errors and the session goes on.
+                await self._refuse(Stage.UNKNOWN, shown, 500, "5.5.2", "Line too long")
+            elif handler is None:
                 await self._unknown(shown)
             else:
                 await handler(self, arg, shown)
@@ -289,16 +359,20 @@ class ScenarioSMTP(AiosmtpdSMTP):
         if verb == "AUTH":
             parts = line.decode("ascii", "replace").split()
             return " ".join(parts[:2] + ([_MASK] if len(parts) > 2 else []))
-        return clean_text(line.decode("utf-8", "replace"), 1000)
+        return _printable(clean_text(line.decode("utf-8", "replace"), 1000))
 
     async def _discard_long_line(self, consumed: int) -> None:
-        await self._reader.readexactly(consumed)
-        while True:
-            try:
-                await self._reader.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as more:
-                await self._reader.readexactly(more.consumed)
+        try:
+            await self._reader.readexactly(consumed)
+            while True:
+                try:
+                    await self._reader.readuntil(b"\n")
+                    return
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.readexactly(more.consumed)
+        except asyncio.IncompleteReadError:  # the client left in the middle of the long line
+            self.end_reason = self.end_reason or "client vanished"
+            raise SessionOver from None
 
     # ------------------------------------------------------------------ replying
 
@@ -402,7 +476,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
         and may return the reply to send instead.
         """
         assert self.facts is not None
-        decision = self.runtime.engine.decide(stage, self.facts)
+        decision = self.profile.engine.decide(stage, self.facts)
         if decision is None:
             reply = default
         else:
@@ -523,9 +597,17 @@ class ScenarioSMTP(AiosmtpdSMTP):
             return
         # RFC 3207 4.2: anything the client pipelined after STARTTLS is discarded.
         self._reader._buffer.clear()  # type: ignore[attr-defined]
+        transport = self.transport
         try:
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client left before the handshake")
             await self._writer.start_tls(profile.starttls)
-        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as error:
+        except Exception as error:
+            gone = transport is None or transport.is_closing()
+            if not gone and not isinstance(error, TimeoutError | ssl.SSLError | OSError):
+                raise
+            # A client that leaves after the 220 can make asyncio fail in odd ways (even an
+            # AttributeError on the closed transport): that is the client's doing, not ours.
             self.end_reason = f"TLS handshake failed: {type(error).__name__}"
             self._log(Stage.STARTTLS, None, None, None, self.end_reason)
             self._close()
@@ -583,7 +665,19 @@ class ScenarioSMTP(AiosmtpdSMTP):
     async def challenge(self, stage: Stage, command: str | None, text: bytes) -> bytes | None:
         """Send ``334 <base64>`` and read the answer; None after answering an abort or bad data."""
         await self._send(stage, command, _reply(334, None, base64.b64encode(text).decode()))
-        line = (await self._reader.readuntil(b"\n")).strip()
+        try:
+            line = (await self._reader.readuntil(b"\n")).strip()
+        except asyncio.LimitOverrunError as overrun:
+            await self._discard_long_line(overrun.consumed)
+            self._log(stage, _MASK, None, None, "client response to 334, too long")
+            await self._send(
+                stage, None, _reply(500, "5.5.6", "Authentication Exchange line is too long")
+            )
+            return None
+        except asyncio.IncompleteReadError:
+            self.end_reason = self.end_reason or "client vanished"
+            raise SessionOver from None
+        self._reset_timeout()  # a complete line, like any command line
         self._log(stage, _MASK, None, None, "client response to 334")
         if line == b"*":
             await self._send(stage, None, _reply(501, "5.7.0", "Authentication aborted"))
@@ -607,7 +701,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
             await self._refuse(Stage.MAIL, shown, 501, "5.5.4", "Syntax: MAIL FROM:<address>")
             return
         address, params = parsed
-        if address and not _ADDRESS_RE.match(address):
+        if address and not _good_address(address):
             await self._refuse(Stage.MAIL, shown, 501, "5.1.7", "Bad sender address syntax")
         options = await self._mail_params(params, shown)
         if not address.isascii() and not self.smtputf8:
@@ -639,7 +733,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
                     shown,
                     501,
                     "5.5.4",
-                    f"Bad parameter syntax: {clean_text(param, 60)}",
+                    f"Bad parameter syntax: {_echo(param, 60)}",
                 )
             name, _, value = param.partition("=")
             name = name.upper()
@@ -660,7 +754,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 pass  # RFC 4954 5: the submitter's identity, recorded with the envelope
             else:
                 await self._refuse(
-                    Stage.MAIL, shown, 555, "5.5.4", f"Unsupported option: {clean_text(name, 40)}"
+                    Stage.MAIL, shown, 555, "5.5.4", f"Unsupported option: {_echo(name, 40)}"
                 )
         return params
 
@@ -677,7 +771,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
             await self._refuse(Stage.RCPT, shown, 501, "5.5.4", "Syntax: RCPT TO:<address>")
             return
         address, params = parsed
-        if not _ADDRESS_RE.match(address) and address.lower() != "postmaster":
+        if not _good_address(address) and address.lower() != "postmaster":
             await self._refuse(Stage.RCPT, shown, 501, "5.1.3", "Bad recipient address syntax")
         for param in params:
             name, _, value = param.partition("=")
@@ -685,7 +779,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 await self._refuse(Stage.RCPT, shown, 501, "5.5.4", "Syntax: RCPT TO:<address>")
             if name.upper() not in ("NOTIFY", "ORCPT") or "DSN" not in extensions or not value:
                 await self._refuse(
-                    Stage.RCPT, shown, 555, "5.5.4", f"Unsupported option: {clean_text(name, 40)}"
+                    Stage.RCPT, shown, 555, "5.5.4", f"Unsupported option: {_echo(name, 40)}"
                 )
         if not address.isascii() and not self.smtputf8:
             await self._refuse(
