@@ -133,16 +133,33 @@ class Engine:
             return _address_decision(stage, facts)
         return None
 
+    def why_not(self, stage: Stage, facts: Facts, limit: int = 3) -> str | None:
+        """Why no rule of this stage fired, for the transcript: "why didn't my rule fire?"."""
+        rules = self._state.by_stage.get(stage, ())
+        if not rules:
+            return None
+        reasons = []
+        for rule in rules[:limit]:
+            failed = _failed_keys(rule, stage, facts)
+            if failed:
+                reasons.append(f"{rule.label}: {', '.join(failed)} did not match")
+            else:
+                reasons.append(f"{rule.label}: matched, but times/after/probability held it back")
+        more = f"; and {len(rules) - limit} more" if len(rules) > limit else ""
+        return "no rule fired (" + "; ".join(reasons) + more + ")"
+
     def near_misses(self, stage: Stage, facts: Facts) -> list[tuple[Rule, list[str]]]:
         """For each rule of this stage that did not match: which of its keys failed."""
         misses = []
         for rule in self._state.by_stage.get(stage, ()):
-            failed = [
-                key for key in rule.match.keys if not _key_holds(rule.match, key, stage, facts)
-            ]
+            failed = _failed_keys(rule, stage, facts)
             if failed:
                 misses.append((rule, failed))
         return misses
+
+
+def _failed_keys(rule: Rule, stage: Stage, facts: Facts) -> list[str]:
+    return [key for key in rule.match.keys if not _key_holds(rule.match, key, stage, facts)]
 
 
 def _count_key(per: Per, stage: Stage, facts: Facts) -> Any:

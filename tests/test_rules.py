@@ -426,3 +426,29 @@ rules:
     assert len(server.wait_for(5)) == 5
     for client in stuck:
         client.close()
+
+
+def test_transcript_says_why_no_rule_fired(serve) -> None:
+    server = serve("""
+rules:
+  - on: rcpt
+    name: spam trap
+    match: {to: "trap@*", from: "*@spammer.test"}
+    reply: 550
+  - on: rcpt
+    name: once
+    times: 1
+    reply: 451
+""")
+    with connect(server) as client:
+        client.ehlo("client.test")
+        client.mail("a@client.test")
+        assert client.rcpt("trap@x.test")[0] == 451  # "once" fires
+        assert client.rcpt("trap@x.test")[0] == 250
+    rcpts = [e for e in server.wait_for_sessions(1)[0].exchanges if e.stage == "rcpt"]
+    assert rcpts[0].rule == "once" and rcpts[0].note is None
+    assert rcpts[1].rule is None
+    assert rcpts[1].note == (
+        "no rule fired (spam trap: from did not match; "
+        "once: matched, but times/after/probability held it back)"
+    )
