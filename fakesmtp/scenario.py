@@ -157,6 +157,9 @@ class ServerSettings:
     address_replies: bool = False  # the default scenario: `rcpt-550@x` asks RCPT for a 550
     max_line_length: int = 1000  # command lines, CRLF included (RFC 5321 4.5.3.1.4 says 512)
     idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes between commands
+    # Once a command line has begun, it must end within this: the idle timer only restarts on
+    # a complete line, and a client trickling bytes should not hold a connection for minutes.
+    command_timeout: float = 60.0
     max_connections: int = 1000
     max_errors: int = 20  # protocol errors in one session before 421 and close
 
@@ -273,6 +276,7 @@ _SERVER_KEYS = (
     "address_replies",
     "max_line_length",
     "idle_timeout",
+    "command_timeout",
     "max_connections",
     "max_errors",
 )
@@ -374,13 +378,16 @@ class _Builder:
                     if value < 1:
                         r.problem(value_node, where, "must be 1 or more")
                     settings[key] = value
-            elif key == "idle_timeout":
+            elif key in ("idle_timeout", "command_timeout"):
                 value = r.scalar(value_node, where, (str, int, float), "a duration like 30s")
                 if value is not None:
                     try:
                         settings[key] = parse_duration(value)
                     except PatternError as error:
                         r.problem(value_node, where, str(error))
+                    else:
+                        if settings[key] <= 0:  # a zero timer would close every connection
+                            r.problem(value_node, where, "must be more than 0")
             elif key == "address_replies":
                 value = r.scalar(value_node, where, (bool,), "true or false")
                 if value is not None:

@@ -48,7 +48,6 @@ class Runtime:
         self.loop = loop
         self.store = store
         self.cert, self.key = cert, key
-        self.engine = Engine(scenario)
         self.profile = self._profile(scenario)
         self.active: set[ScenarioSMTP] = set()
         self.shutting_down = False
@@ -66,14 +65,21 @@ class Runtime:
         return server_context(scenario.server.hostname, cert, key)
 
     @property
+    def engine(self) -> Engine:
+        """The current scenario's rule engine (counters, random generator)."""
+        return self.profile.engine
+
+    @property
     def scenario(self) -> Scenario:
-        return self.engine.scenario
+        return self.profile.scenario
 
     def use(self, scenario: Scenario) -> None:
-        """Swap the scenario (on the loop thread): the next command of every session sees it."""
-        profile = self._profile(scenario)  # may build a certificate: before the swap, not during
-        self.engine.swap(scenario)
-        self.profile = profile
+        """Swap the scenario (on the loop thread): the next command of every session sees it.
+
+        One assignment swaps settings and rules together; a command already under way keeps
+        the profile (and engine) it began with.
+        """
+        self.profile = self._profile(scenario)  # may build a certificate: before the swap
 
     def session_opened(self, session: ScenarioSMTP) -> bool:
         """Register a session; True when it is over the connection limit."""
@@ -121,8 +127,21 @@ class ConsoleLine:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.broken = False
 
     def __call__(self, kind: str, item: Any) -> None:
+        # Called while a reply is being sent: a console that fails (`fakesmtp serve | head`,
+        # a closed stdout, a non-UTF-8 locale) must never turn into an SMTP error.
+        if self.broken:
+            return
+        try:
+            self._write(kind, item)
+        except UnicodeError:
+            pass  # this one line cannot be shown in the console's encoding
+        except (OSError, ValueError):
+            self.broken = True
+
+    def _write(self, kind: str, item: Any) -> None:
         if kind == "exchange":
             session, exchange = item
             self.stream.write(self.format(session, exchange) + "\n")
@@ -185,6 +204,7 @@ class FakeSMTP:
         ehlo: str | int | None = None,
         echo: bool | TextIO = False,
         max_messages: int = 10_000,
+        max_sessions: int = 10_000,
     ) -> None:
         overrides = []
         if banner is not None:
@@ -201,6 +221,7 @@ class FakeSMTP:
         self.api_host = api_host or host
         self._store_dir = store
         self._max_messages = max_messages
+        self._max_sessions = max_sessions
         self._cert, self._key = cert, key
         self._echo = echo
         self.store: MemoryStore | None = None
@@ -214,7 +235,11 @@ class FakeSMTP:
 
     def _load(self, scenario: ScenarioSpec) -> Scenario:
         loaded = load_scenario(scenario)
-        return with_rules_first(loaded, self._overrides) if self._overrides else loaded
+        overrides = self._overrides
+        # A scenario taken from this server (``use(smtp.scenario)``) has them already.
+        if not overrides or loaded.rules[: len(overrides)] == overrides:
+            return loaded
+        return with_rules_first(loaded, overrides)
 
     # ------------------------------------------------------------------ running
 
@@ -222,39 +247,52 @@ class FakeSMTP:
         loop = asyncio.get_running_loop()
         self._loop = loop
         if self._store_dir is not None:
-            self.store = DirStore(self._store_dir, max_messages=self._max_messages)
+            self.store = DirStore(
+                self._store_dir, max_messages=self._max_messages, max_sessions=self._max_sessions
+            )
         else:
-            self.store = MemoryStore(max_messages=self._max_messages)
+            self.store = MemoryStore(
+                max_messages=self._max_messages, max_sessions=self._max_sessions
+            )
         self.runtime = Runtime(self._initial, self.store, loop, cert=self._cert, key=self._key)
         if self._echo:
             stream = self._echo if not isinstance(self._echo, bool) else None
             self.store.subscribe(ConsoleLine(stream))
         runtime = self.runtime
-        server = await loop.create_server(
-            lambda: ScenarioSMTP(runtime),
-            self.host,
-            self.port,
-            backlog=LISTEN_BACKLOG,
-            reuse_address=True,
-        )
-        self._servers.append(server)
-        self.port = server.sockets[0].getsockname()[1]
-        if self.tls_port is not None:
-            context = runtime.tls_context(runtime.scenario)
-            tls_server = await loop.create_server(
-                lambda: ScenarioSMTP(runtime, implicit_tls=True),
+        # Listeners join self._servers only once all are up: `serve` prints its first line (the
+        # ports, the API's included) when it sees them, so they must be final by then.
+        servers: list[asyncio.base_events.Server] = []
+        try:
+            server = await loop.create_server(
+                lambda: ScenarioSMTP(runtime),
                 self.host,
-                self.tls_port,
-                ssl=context,
+                self.port,
                 backlog=LISTEN_BACKLOG,
                 reuse_address=True,
             )
-            self._servers.append(tls_server)
-            self.tls_port = tls_server.sockets[0].getsockname()[1]
-        if self.api_port is not None:
-            from .api import start_api
+            servers.append(server)
+            self.port = server.sockets[0].getsockname()[1]
+            if self.tls_port is not None:
+                context = runtime.tls_context(runtime.scenario)
+                tls_server = await loop.create_server(
+                    lambda: ScenarioSMTP(runtime, implicit_tls=True),
+                    self.host,
+                    self.tls_port,
+                    ssl=context,
+                    backlog=LISTEN_BACKLOG,
+                    reuse_address=True,
+                )
+                servers.append(tls_server)
+                self.tls_port = tls_server.sockets[0].getsockname()[1]
+            if self.api_port is not None:
+                from .api import start_api
 
-            self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
+                self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
+        except BaseException:
+            for bound in servers:  # free what was bound before the failure
+                bound.close()
+            raise
+        self._servers.extend(servers)
 
     async def _stop_on_loop(self, grace: float = SHUTDOWN_GRACE) -> None:
         for server in self._servers:
@@ -342,6 +380,11 @@ class FakeSMTP:
         return self.runtime.scenario if self.runtime is not None else self._initial
 
     @property
+    def initial_scenario(self) -> Scenario:
+        """The scenario the server started with: what the API's reset can go back to."""
+        return self._initial
+
+    @property
     def messages(self) -> list[CapturedMessage]:
         """Messages accepted with 250, oldest first."""
         return self.store.messages() if self.store is not None else []
@@ -357,10 +400,25 @@ class FakeSMTP:
         return list(self.runtime.errors) if self.runtime is not None else []
 
     def wait_for(self, count: int = 1, timeout: float = 5.0) -> list[CapturedMessage]:
-        """Block until ``count`` messages have been captured; raise TimeoutError otherwise."""
+        """Block until ``count`` messages have been captured; raise TimeoutError otherwise.
+
+        In async code (``async with FakeSMTP()``) use ``await wait_for_async(...)``: blocking
+        the loop the server runs on would keep every message out.
+        """
         if self.store is None:
             raise RuntimeError("the server is not running")
+        if self._on_server_loop():
+            raise RuntimeError(
+                "wait_for() would block the loop the server runs on; "
+                "use `await smtp.wait_for_async(count, timeout)` in async code"
+            )
         return self.store.wait_for(count, timeout)
+
+    async def wait_for_async(self, count: int = 1, timeout: float = 5.0) -> list[CapturedMessage]:
+        """``wait_for`` for async code on the server's own loop (``async with FakeSMTP()``)."""
+        if self.store is None:
+            raise RuntimeError("the server is not running")
+        return await self.store.wait_for_async(count, timeout)
 
     def wait_for_sessions(self, count: int = 1, timeout: float = 5.0) -> list[SessionRecord]:
         """Block until ``count`` sessions have ended (their transcripts are complete)."""
@@ -376,6 +434,33 @@ class FakeSMTP:
             time.sleep(0.01)
 
     # ------------------------------------------------------------------ changing
+
+    def _on_server_loop(self) -> bool:
+        """True when called from the server's own event loop (async mode, or the API)."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def disconnect(self) -> int:
+        """Cut every live SMTP connection at once, without a reply; returns how many.
+
+        The pytest fixture calls it between tests, so no connection crosses into the next one.
+        """
+        runtime = self.runtime
+        if runtime is None:
+            return 0
+
+        def cut() -> int:
+            live = list(runtime.active)
+            for session in live:
+                session.end_reason = session.end_reason or "cut by FakeSMTP.disconnect()"
+                session.hanging = False
+                if session.transport is not None:
+                    session.transport.abort()
+            return len(live)
+
+        return self._on_loop(cut)
 
     def _on_loop(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` on the server's loop and return its result (from any thread)."""

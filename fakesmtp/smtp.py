@@ -56,17 +56,21 @@ def _echo(value: str, limit: int) -> str:
     return clean_text(value.encode("ascii", "replace").decode("ascii"), limit)
 
 
-def _within_512(data: bytes) -> bytes:
-    """Reply lines cut to RFC 5321's 512 octets (CRLF included) at a UTF-8 boundary.
+def _well_formed(data: bytes) -> bytes:
+    """Every line as RFC 5321 4.2 writes it: code, space or dash, text; 512 octets at most.
 
-    The reply module bounds a templated line in characters; echoed UTF-8 takes up to four
-    octets per character, so the octets are checked here.
+    The reply module bounds a templated line in characters, but echoed UTF-8 takes up to four
+    octets per character: cut at a UTF-8 boundary. A reply with no text keeps the space after
+    its code (RFC 4954 4: an empty SASL challenge is "334 ", space included).
     """
-    lines = data.split(b"\r\n")
-    if all(len(line) <= 510 for line in lines):
+    lines = data.split(b"\r\n")[:-1]
+    if all(3 < len(line) <= 510 for line in lines):
         return data
-    cut = [line[:510].decode("utf-8", "ignore").encode() for line in lines[:-1]]
-    return b"".join(line + b"\r\n" for line in cut)
+    fixed = []
+    for line in lines:
+        line = line[:510].decode("utf-8", "ignore").encode()
+        fixed.append(line + (b" \r\n" if len(line) == 3 else b"\r\n"))
+    return b"".join(fixed)
 
 
 def _printable(text: str) -> str:
@@ -123,10 +127,10 @@ class Profile:
     def wire(self, reply: Reply, fields: dict[str, str] | None = None) -> bytes:
         """A reply's bytes; fixed replies are rendered once and remembered."""
         if reply.templated:
-            return _within_512(reply.render(fields, enhanced=self.enhanced))
+            return _well_formed(reply.render(fields, enhanced=self.enhanced))
         data = self._wire.get(reply)
         if data is None:
-            data = reply.render(enhanced=self.enhanced)
+            data = _well_formed(reply.render(enhanced=self.enhanced))
             if len(self._wire) < 1024:
                 self._wire[reply] = data
         return data
@@ -476,9 +480,13 @@ class ScenarioSMTP(AiosmtpdSMTP):
         and may return the reply to send instead.
         """
         assert self.facts is not None
-        decision = self.profile.engine.decide(stage, self.facts)
+        engine = self.profile.engine
+        decision = engine.decide(stage, self.facts)
+        note = None
         if decision is None:
             reply = default
+            if engine.has_rules(stage):  # tell the transcript why none of them fired
+                note = engine.why_not(stage, self.facts)
         else:
             if decision.delay:
                 await asyncio.sleep(decision.delay)
@@ -494,7 +502,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
             replaced = await commit()
             if replaced is not None:
                 reply = replaced
-        await self._send(stage, command, reply, decision)
+        await self._send(stage, command, reply, decision, note)
         if reply.closes or (decision is not None and decision.action is Action.CLOSE):
             self.end_reason = self.end_reason or ("closed by rule" if decision else "closed")
             self._close()
@@ -608,6 +616,9 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 raise
             # A client that leaves after the 220 can make asyncio fail in odd ways (even an
             # AttributeError on the closed transport): that is the client's doing, not ours.
+            if self._writer.transport is None and transport is not None:
+                # start_tls() left the writer without a transport; its __del__ would raise.
+                self._writer._transport = transport  # type: ignore[attr-defined]
             self.end_reason = f"TLS handshake failed: {type(error).__name__}"
             self._log(Stage.STARTTLS, None, None, None, self.end_reason)
             self._close()
@@ -841,6 +852,8 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 await self.runtime.store.save_message(captured, self.record)
             except Exception as error:  # never acknowledge what we could not keep
                 self.runtime.internal_error(self, error)
+                note = f"internal error: {type(error).__name__}"
+                self._log(Stage.END_OF_DATA, None, None, None, note)
                 return self.profile.internal
             return None
 
@@ -856,34 +869,47 @@ class ScenarioSMTP(AiosmtpdSMTP):
     async def _read_message(self) -> tuple[bytes, bool]:
         """Read up to the lone dot, undoing dot-stuffing; past the size limit, read and discard."""
         limit = self.profile.settings.size_limit
-        chunks: list[bytes] = []
+        # One buffer, not a list of lines: a line object costs ~40 bytes more than its text.
+        data = bytearray()
         size = 0
         too_big = False
         reader = self._reader
         at_line_start = True
+        # Restarting the idle timer makes a new timer: per line, that was most of the time
+        # spent on a big message. Restart it every tenth of the idle timeout (at most 1 s)
+        # instead; the client gets at least 90% of the idle timeout between two lines.
+        clock = self.loop.time
+        every = min(1.0, self._timeout_duration / 10)
+        restart_at = clock() + every
         while True:
             try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as overrun:
-                # A body line longer than our buffer: take it in pieces (real MTAs accept them).
-                line = await reader.readexactly(overrun.consumed)
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as overrun:
+                    # A body line longer than our buffer: take it in pieces (real MTAs do).
+                    line = await reader.readexactly(overrun.consumed)
             except asyncio.IncompleteReadError:
                 self.end_reason = "client vanished during DATA"
                 raise SessionOver from None
-            self._reset_timeout()
+            now = clock()
+            if now >= restart_at:
+                self._reset_timeout()
+                restart_at = now + every
             if at_line_start and (line == b".\r\n" or line == b".\n"):
                 break
             if at_line_start and line[:1] == b".":
                 line = line[1:]
             at_line_start = line.endswith(b"\n")
             size += len(line)
+            if too_big:
+                continue
             if limit and size > limit:
                 too_big = True
-                chunks.clear()  # keep reading to the dot, but keep nothing
+                data = bytearray()  # keep reading to the dot, but keep nothing
                 continue
-            if not too_big:
-                chunks.append(line)
-        return b"".join(chunks), too_big
+            data += line
+        self._reset_timeout()
+        return bytes(data), too_big
 
     def _new_transaction(self) -> None:
         self.mail_options = []

@@ -253,18 +253,58 @@ class MemoryStore:
                 self._changed.wait(remaining)
             return list(self._messages.values())
 
+    async def wait_for_async(
+        self,
+        count: int,
+        timeout: float,
+        match: Callable[[CapturedMessage], bool] | None = None,
+    ) -> list[CapturedMessage]:
+        """On the event loop: wait until ``count`` messages (those ``match`` accepts) are stored.
+
+        Woken by the "message" event, never by polling. Raises TimeoutError.
+        """
+        arrived = asyncio.Event()
+
+        def observer(kind: str, item: Any) -> None:
+            if kind == "message":
+                arrived.set()
+
+        unsubscribe = self.subscribe(observer)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                found = [m for m in self.messages() if match is None or match(m)]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"waited {timeout:g}s for {count} message(s), got {len(found)}"
+                    )
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), remaining)
+        finally:
+            unsubscribe()
+
     def count(self) -> int:
         with self._lock:
             return len(self._messages)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: the file is whole or absent after a crash."""
-    temporary = path.with_name(path.name + ".tmp")
+def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write to a temporary name, fsync, rename: the file is whole or absent after a crash.
+
+    Without ``sync`` the file is still whole or absent after ``kill -9`` (the kernel keeps
+    what the process wrote), only not after a power cut.
+    """
+    # A name of its own per write: two writes of one file never share a temporary.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
@@ -293,6 +333,9 @@ class DirStore(MemoryStore):
         self._load()
 
     def _load(self) -> None:
+        for directory in (self._message_dir, self._session_dir):
+            for leftover in directory.glob(".*.tmp"):  # a write cut short: never acknowledged
+                leftover.unlink(missing_ok=True)
         loaded = []
         for meta_path in self._message_dir.glob("*.json"):
             eml_path = meta_path.with_suffix(".eml")
@@ -313,42 +356,48 @@ class DirStore(MemoryStore):
                     rcpt_options=meta.get("rcpt_options", {}),
                 )
             )
-        for message in sorted(loaded, key=lambda m: m.received_at):
+        # The disk keeps everything; memory keeps the newest, as while serving.
+        for message in sorted(loaded, key=lambda m: m.received_at)[-self.max_messages :]:
             self._messages[message.id] = message
         sessions = []
         for path in self._session_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
                 sessions.append(SessionRecord.from_json(json.loads(path.read_text("utf-8"))))
-        for record in sorted(sessions, key=lambda s: s.started_at):
+        for record in sorted(sessions, key=lambda s: s.started_at)[-self.max_sessions :]:
+            if record.end is None:  # it was live when the previous server died
+                record.end = "server stopped without closing it (crash or kill)"
             self._sessions[record.id] = record
 
     async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
+        # The transcript as it stands, naming the message: on disk with it, before the 250.
+        transcript = session.to_json()
+        transcript["message_ids"].append(message.id)
         # fsync takes milliseconds: do it off the loop so other sessions keep being served.
+        # Awaited, so one session's writes never overtake each other.
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._write_message, message)
+        await loop.run_in_executor(None, self._write_message, message, transcript)
         self._remember(message, session)
-        self._write_session_soon(session)
 
-    def _write_message(self, message: CapturedMessage) -> None:
+    def _write_message(self, message: CapturedMessage, transcript: dict[str, Any]) -> None:
         # The .eml first: a .json is only ever beside a complete .eml.
         _write_durably(self._message_dir / f"{message.id}.eml", message.raw)
         meta = message.to_json()
         _write_durably(self._message_dir / f"{message.id}.json", json.dumps(meta).encode())
         _fsync_dir(self._message_dir)
-
-    def _write_session_soon(self, record: SessionRecord) -> None:
-        data = json.dumps(record.to_json()).encode()
-        path = self._session_dir / f"{record.id}.json"
-        asyncio.get_running_loop().run_in_executor(None, _write_durably, path, data)
+        # The 250 promises the message, not the transcript: no fsync, so one message costs
+        # three, yet the transcript survives kill -9 (it only waits on a power cut).
+        path = self._session_dir / f"{transcript['id']}.json"
+        _write_durably(path, json.dumps(transcript).encode(), sync=False)
 
     def close_session(self, record: SessionRecord) -> None:
         super().close_session(record)
+        # The session's last write: nothing of it is written after this one, so fire and forget.
+        data = json.dumps(record.to_json()).encode()
+        path = self._session_dir / f"{record.id}.json"
         try:
-            self._write_session_soon(record)
+            asyncio.get_running_loop().run_in_executor(None, _write_durably, path, data)
         except RuntimeError:  # no running loop: write now
-            _write_durably(
-                self._session_dir / f"{record.id}.json", json.dumps(record.to_json()).encode()
-            )
+            _write_durably(path, data)
 
     def clear(self, messages: bool = True, sessions: bool = True) -> None:
         super().clear(messages, sessions)
