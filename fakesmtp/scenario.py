@@ -11,6 +11,7 @@ import difflib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -717,7 +718,14 @@ def load_scenario_file(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise ScenarioError([Problem(str(path), 0, "file", f"cannot read: {reason}")]) from None
-    return load_scenario_text(text, str(path))
+    return _load_text_cached(text, str(path))
+
+
+@lru_cache(maxsize=64)
+def _load_text_cached(text: str, source: str) -> Scenario:
+    # Scenarios are frozen, so one built from the same text can be shared: a test suite that
+    # starts a server per test reads the default scenario once, not once per test.
+    return load_scenario_text(text, source)
 
 
 def builtin_dir() -> Path:
