@@ -621,7 +621,8 @@ class _Builder:
         if text is None:
             default_status, default_text = _default_reply_text(code, stage)
             status = status if status is not None else default_status
-            text = default_text
+            # RFC 5321 4.2: greetings and closing replies start with the server's name.
+            text = f"{{hostname}} {default_text}" if code in (220, 221, 421) else default_text
         return Reply.make(code, status, text)
 
     def rule_action(self, node: yaml.Node, stage: Stage | None) -> Action | None:

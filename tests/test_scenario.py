@@ -208,3 +208,11 @@ def test_builtin_scenarios_are_all_valid() -> None:
     assert "default" in found
     for path in found.values():
         load_scenario_file(path)  # raises on any problem
+
+
+def test_bare_greeting_and_closing_codes_name_the_server() -> None:
+    # RFC 5321 4.2: 220, 221 and 421 replies start with the server's domain.
+    rule = load("rules:\n  - on: connect\n    reply: 421\n").rules[0]
+    assert rule.reply is not None
+    rendered = rule.reply.render({"hostname": "mx.example.test"}).decode()
+    assert rendered.startswith("421 4.3.2 mx.example.test ")
