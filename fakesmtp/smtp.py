@@ -214,7 +214,12 @@ class ScenarioSMTP(AiosmtpdSMTP):
         if self.hanging:
             self.end_reason = "timeout while hanging"
         self.end_reason = self.end_reason or note.replace("idle ", "")
-        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            # Replies are still waiting: the client reads nothing (or we sit in drain()), and
+            # close() would wait for it to read, holding the socket and the session for ever.
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         self._timeout_note = "idle timeout"
