@@ -37,7 +37,7 @@ def raw_sink(port: int) -> None:
     from aiosmtpd.smtp import SMTP
 
     class Sink:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        async def handle_DATA(self, server, session, envelope):  # aiosmtpd names its hooks
             return "250 OK"
 
     async def main() -> None:
@@ -138,7 +138,9 @@ def wait_for_banner(port: int, process: subprocess.Popen, timeout: float = 30) -
     raise RuntimeError("server never became ready")
 
 
-def start(command: list[str], port: int, quiet_output: bool = True) -> tuple[subprocess.Popen, float]:
+def start(
+    command: list[str], port: int, quiet_output: bool = True
+) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet_output else None
@@ -165,8 +167,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--client", choices=["smtp-source", "python"],
-                        default="smtp-source" if shutil.which("smtp-source") else "python")
+    parser.add_argument(
+        "--client",
+        choices=["smtp-source", "python"],
+        default="smtp-source" if shutil.which("smtp-source") else "python",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fakesmtp-bench-"))

@@ -30,6 +30,8 @@ async def authenticate(
         blob = _decode(initial) if initial not in (None, "=") else b""
         if initial is None:
             blob = await session.challenge(Stage.AUTH, shown, b"")
+            if blob is None:  # the challenge already answered (abort, bad base64, too long)
+                return None
         if blob is None:
             return await _undecodable(session, shown)
         parts = blob.split(b"\x00")

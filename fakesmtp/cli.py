@@ -159,8 +159,26 @@ def serve(
     run_server(server)
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files towards the hard one.
+
+    CI machines often allow 1024 open files, fewer than max_connections' default of 1000 plus
+    what the process already holds; running out would refuse connections without a reply.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 65536), hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not on this platform, or not allowed: keep what we have
+
+
 def run_server(server: FakeSMTP) -> None:
     """Run in the foreground until Ctrl-C or SIGTERM, then shut down cleanly (exit 0)."""
+    raise_open_file_limit()
 
     async def run() -> None:
         stop = asyncio.Event()

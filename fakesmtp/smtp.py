@@ -494,9 +494,13 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 note = engine.why_not(stage, self.facts)
         else:
             if decision.delay:
+                # Our own slowness is not the client's idleness: the idle timer waits too.
+                if self._timeout_handle is not None:
+                    self._timeout_handle.cancel()
                 await asyncio.sleep(decision.delay)
                 if self.transport is None:
                     raise SessionOver
+                self._reset_timeout()
             action = decision.action
             if action in (Action.DROP, Action.RESET, Action.HANG):
                 await self._end_without_reply(stage, command, decision)

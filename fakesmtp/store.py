@@ -68,6 +68,7 @@ class SessionRecord:
     user: str | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)
+    exchanges_dropped: int = 0  # past MAX_EXCHANGES_PER_SESSION
 
     def to_json(self, transcript: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -82,7 +83,8 @@ class SessionRecord:
             "tls": self.tls,
             "user": self.user,
             "message_ids": list(self.message_ids),
-            "exchange_count": len(self.exchanges),
+            "exchange_count": len(self.exchanges) + self.exchanges_dropped,
+            "exchanges_dropped": self.exchanges_dropped,
         }
         if transcript:
             data["transcript"] = [exchange.to_json() for exchange in list(self.exchanges)]
@@ -105,6 +107,7 @@ class SessionRecord:
                 "tls",
                 "user",
                 "message_ids",
+                "exchanges_dropped",
             )
             if k in data
         }
@@ -163,6 +166,8 @@ class CapturedMessage:
 
 Observer = Callable[[str, Any], None]
 
+MAX_EXCHANGES_PER_SESSION = 10_000
+
 
 class MemoryStore:
     """Messages and sessions in memory, bounded: past the limit the oldest are dropped."""
@@ -195,7 +200,12 @@ class MemoryStore:
         self.publish("session", record)
 
     def record(self, session: SessionRecord, exchange: Exchange) -> None:
-        session.exchanges.append(exchange)
+        # A client looping NOOP for hours must not grow memory without end: past the limit,
+        # exchanges are counted, not kept (observers such as the console still see them).
+        if len(session.exchanges) < MAX_EXCHANGES_PER_SESSION:
+            session.exchanges.append(exchange)
+        else:
+            session.exchanges_dropped += 1
         if self._observers:
             self.publish("exchange", (session, exchange))
 

@@ -221,11 +221,6 @@ def test_long_auth_response_line_is_refused(start: Callable[..., FakeSMTP]) -> N
     assert client.command("NOOP") == "250 2.0.0 Ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="auth.py: after challenge() has answered (abort, line too long), PLAIN answers a "
-    "second 501 'Cannot decode response', one reply too many",
-)
 @pytest.mark.parametrize("answer", ["*", "A" * 20_000], ids=["abort", "too-long"])
 def test_plain_challenge_answered_once(start: Callable[..., FakeSMTP], answer: str) -> None:
     server = start("server: {auth: {mechanisms: [PLAIN], users: {alice: s3cret}}}")
@@ -808,3 +803,17 @@ def test_swapping_the_scenario_under_load(start: Callable[..., FakeSMTP]) -> Non
     assert not failures, failures[:3]
     assert sent[0] == 8 * 15 and len(server.messages) == 8 * 15  # no session dropped
     assert seen == {"A", "B"} and swaps > 10
+
+
+def test_transcript_is_bounded(start: Callable[..., FakeSMTP], monkeypatch) -> None:
+    from fakesmtp import store
+
+    monkeypatch.setattr(store, "MAX_EXCHANGES_PER_SESSION", 5)
+    server = start()
+    client = connect(server)
+    for _ in range(10):
+        assert client.command("NOOP") == "250 2.0.0 Ok"
+    record = server.sessions[0]
+    assert len(record.exchanges) == 5
+    assert record.exchanges_dropped == 6  # the banner and 10 NOOPs: 11 exchanges
+    assert record.to_json()["exchange_count"] == 11

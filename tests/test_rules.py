@@ -452,3 +452,11 @@ rules:
         "no rule fired (spam trap: from did not match; "
         "once: matched, but times/after/probability held it back)"
     )
+
+
+def test_a_delay_longer_than_the_idle_timeout_still_replies(serve) -> None:
+    # The server's own delay must not count as the client being idle.
+    server = serve("server: {idle_timeout: 300ms}\nrules:\n  - on: mail\n    delay: 800ms\n")
+    with connect(server) as client:
+        client.ehlo("client.test")
+        assert client.mail("a@client.test") == (250, b"2.1.0 Ok")
