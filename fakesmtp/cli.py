@@ -114,6 +114,7 @@ def main() -> None:
     help='Answer the connection with this reply, e.g. 421 or "554 5.7.1 Go away".',
 )
 @click.option("--ehlo", metavar="CODE|REPLY", help="Answer HELO and EHLO with this reply.")
+@click.option("--lmtp", is_flag=True, help="Speak LMTP (RFC 2033): LHLO, one reply per recipient.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per exchange on the console.")
 def serve(
     scenario: str | None,
@@ -127,6 +128,7 @@ def serve(
     key: str | None,
     banner: str | None,
     ehlo: str | None,
+    lmtp: bool,
     quiet: bool,
 ) -> None:
     """Serve SMTP as the scenario says, printing one line per exchange.
@@ -137,6 +139,7 @@ def serve(
       fakesmtp serve --scenario unknown-recipient --port 2525
       fakesmtp serve --banner 421 --no-api
       fakesmtp serve --host 0.0.0.0 --store /var/lib/fakesmtp   # in a container
+      fakesmtp serve --lmtp --port 2424 --scenario mailbox-full
     """
     if (cert is None) != (key is None):
         raise BadInput("--cert and --key go together: give both or neither")
@@ -153,6 +156,7 @@ def serve(
             banner=banner,
             ehlo=ehlo,
             echo=not quiet,
+            lmtp=lmtp,
         )
     except ScenarioError as error:
         raise BadInput(str(error)) from None
@@ -198,7 +202,8 @@ def run_server(server: FakeSMTP) -> None:
             else ""
         )
         smtps = f", SMTPS on {server.host}:{server.tls_port}" if server.tls_port else ""
-        click.echo(f"fakesmtp {__version__}: SMTP on {server.host}:{server.port}{smtps}{api}")
+        protocol = "LMTP" if server.lmtp else "SMTP"
+        click.echo(f"fakesmtp {__version__}: {protocol} on {server.host}:{server.port}{smtps}{api}")
         click.echo(
             f"scenario: {scenario.name} ({len(scenario.rules)} rules"
             f"{', address-driven replies' if scenario.server.address_replies else ''})"

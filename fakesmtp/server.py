@@ -186,6 +186,7 @@ class FakeSMTP:
     the default scenario (accept everything; ``rcpt-550@x`` asks RCPT to answer 550).
     ``port=0`` picks a free port; read it back from ``.port``. ``api_port`` starts the HTTP API
     too (0 = a free port). ``store`` is a directory to keep messages in across restarts.
+    ``lmtp=True`` speaks LMTP (RFC 2033) instead: LHLO, and one reply per recipient.
     """
 
     def __init__(
@@ -205,6 +206,7 @@ class FakeSMTP:
         echo: bool | TextIO = False,
         max_messages: int = 10_000,
         max_sessions: int = 10_000,
+        lmtp: bool = False,
     ) -> None:
         overrides = []
         if banner is not None:
@@ -222,6 +224,7 @@ class FakeSMTP:
         self._store_dir = store
         self._max_messages = max_messages
         self._max_sessions = max_sessions
+        self.lmtp = lmtp
         self._cert, self._key = cert, key
         self._echo = echo
         self.store: MemoryStore | None = None
@@ -259,12 +262,17 @@ class FakeSMTP:
             stream = self._echo if not isinstance(self._echo, bool) else None
             self.store.subscribe(ConsoleLine(stream))
         runtime = self.runtime
+        session_class: type[ScenarioSMTP] = ScenarioSMTP
+        if self.lmtp:
+            from .lmtp import LMTPSession
+
+            session_class = LMTPSession
         # Listeners join self._servers only once all are up: `serve` prints its first line (the
         # ports, the API's included) when it sees them, so they must be final by then.
         servers: list[asyncio.base_events.Server] = []
         try:
             server = await loop.create_server(
-                lambda: ScenarioSMTP(runtime),
+                lambda: session_class(runtime),
                 self.host,
                 self.port,
                 backlog=LISTEN_BACKLOG,
@@ -275,7 +283,7 @@ class FakeSMTP:
             if self.tls_port is not None:
                 context = runtime.tls_context(runtime.scenario)
                 tls_server = await loop.create_server(
-                    lambda: ScenarioSMTP(runtime, implicit_tls=True),
+                    lambda: session_class(runtime, implicit_tls=True),
                     self.host,
                     self.tls_port,
                     ssl=context,

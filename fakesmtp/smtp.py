@@ -99,6 +99,7 @@ class Profile:
         self.extensions = frozenset(s.extensions)
         host = s.hostname
         self.banner = _reply(220, None, f"{host} ESMTP fakesmtp")
+        self.lmtp_banner = _reply(220, None, f"{host} LMTP fakesmtp")
         self.helo_ok = _reply(250, None, host)
         self.mail_ok = _reply(250, "2.1.0", "Ok")
         self.rcpt_ok = _reply(250, "2.1.5", "Ok")
@@ -168,6 +169,10 @@ class _NullHandler:
 
 class ScenarioSMTP(AiosmtpdSMTP):
     """One SMTP connection, answering as the current scenario says."""
+
+    # The commands this protocol knows, and the stage each one answers at (LMTP changes both).
+    verbs: dict[str, Verb]
+    stages: dict[str, Stage] = VERB_STAGES
 
     def __init__(self, runtime: Runtime, *, implicit_tls: bool = False) -> None:
         profile = runtime.profile
@@ -273,7 +278,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 )
                 self._close()
                 return
-            await self._respond(Stage.CONNECT, None, runtime.profile.banner)
+            await self._respond(Stage.CONNECT, None, self.banner(runtime.profile))
             while self.transport is not None and not self.closing:
                 await self._one_command()
         except SessionOver:
@@ -334,10 +339,10 @@ class ScenarioSMTP(AiosmtpdSMTP):
         except UnicodeDecodeError:
             verb = ""
         arg = arg_bytes.decode("utf-8", "surrogateescape").strip()
-        stage = VERB_STAGES.get(verb, Stage.UNKNOWN)
+        stage = self.stages.get(verb, Stage.UNKNOWN)
         shown = "<line too long>" if too_long else self._shown_command(verb, line)
         try:
-            handler = _VERBS.get(verb)
+            handler = self.verbs.get(verb)
             if too_long:
                 # Inside the try: the 500 counts towards max_errors and the session goes on.
                 await self._refuse(Stage.UNKNOWN, shown, 500, "5.5.2", "Line too long")
@@ -494,13 +499,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
                 note = engine.why_not(stage, self.facts)
         else:
             if decision.delay:
-                # Our own slowness is not the client's idleness: the idle timer waits too.
-                if self._timeout_handle is not None:
-                    self._timeout_handle.cancel()
-                await asyncio.sleep(decision.delay)
-                if self.transport is None:
-                    raise SessionOver
-                self._reset_timeout()
+                await self._pause(decision.delay)
             action = decision.action
             if action in (Action.DROP, Action.RESET, Action.HANG):
                 await self._end_without_reply(stage, command, decision)
@@ -517,6 +516,15 @@ class ScenarioSMTP(AiosmtpdSMTP):
             self._close()
             raise SessionOver
         return reply
+
+    async def _pause(self, seconds: float) -> None:
+        """A rule's delay. Our own slowness is not the client's idleness: the idle timer waits."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        await asyncio.sleep(seconds)
+        if self.transport is None:
+            raise SessionOver
+        self._reset_timeout()
 
     async def _end_without_reply(
         self, stage: Stage, command: str | None, decision: Decision
@@ -845,35 +853,50 @@ class ScenarioSMTP(AiosmtpdSMTP):
             self._new_transaction()
             return
         facts.raw = raw
-        message_id = new_id()
-
-        async def store() -> Reply | None:
-            captured = CapturedMessage(
-                id=message_id,
-                session_id=self.record.id,
-                mail_from=facts.sender or "",
-                rcpt_tos=list(facts.recipients),
-                raw=raw,
-                mail_options=self.mail_options,
-                rcpt_options=self.rcpt_options,
-            )
-            try:
-                await self.runtime.store.save_message(captured, self.record)
-            except Exception as error:  # never acknowledge what we could not keep
-                self.runtime.internal_error(self, error)
-                note = f"internal error: {type(error).__name__}"
-                self._log(Stage.END_OF_DATA, None, None, None, note)
-                return self.profile.internal
-            return None
-
-        queued = _reply(250, "2.0.0", f"Ok: queued as {message_id}")
         try:
-            await self._respond(
-                Stage.END_OF_DATA, f"<message, {len(raw)} bytes>", queued, commit=store
-            )
+            await self._answer_message(raw)
         finally:
             facts.new_transaction()
             self._new_transaction()
+
+    def banner(self, profile: Profile) -> Reply:
+        """The greeting (LMTP says LMTP)."""
+        return profile.banner
+
+    async def _answer_message(self, raw: bytes) -> None:
+        """After the final dot: keep the message, then one reply (LMTP: one per recipient)."""
+        message_id = new_id()
+        facts = self.facts
+        assert facts is not None
+
+        async def store() -> Reply | None:
+            return await self._keep_message(message_id, raw, list(facts.recipients))
+
+        queued = _reply(250, "2.0.0", f"Ok: queued as {message_id}")
+        await self._respond(Stage.END_OF_DATA, f"<message, {len(raw)} bytes>", queued, commit=store)
+
+    async def _keep_message(
+        self, message_id: str, raw: bytes, recipients: list[str]
+    ) -> Reply | None:
+        """Store the message before any 250; on failure, the 451 to send instead."""
+        assert self.facts is not None and self.record is not None
+        captured = CapturedMessage(
+            id=message_id,
+            session_id=self.record.id,
+            mail_from=self.facts.sender or "",
+            rcpt_tos=recipients,
+            raw=raw,
+            mail_options=self.mail_options,
+            rcpt_options={r: o for r, o in self.rcpt_options.items() if r in recipients},
+        )
+        try:
+            await self.runtime.store.save_message(captured, self.record)
+        except Exception as error:  # never acknowledge what we could not keep
+            self.runtime.internal_error(self, error)
+            note = f"internal error: {type(error).__name__}"
+            self._log(Stage.END_OF_DATA, None, None, None, note)
+            return self.profile.internal
+        return None
 
     async def _read_message(self) -> tuple[bytes, bool]:
         """Read up to the lone dot, undoing dot-stuffing; past the size limit, read and discard."""
@@ -961,9 +984,8 @@ class ScenarioSMTP(AiosmtpdSMTP):
             raise _Refused  # the normal 500 counts towards max_errors; a rule's reply does not
 
 
-_VERBS: dict[str, Callable[[ScenarioSMTP, str, str], Awaitable[None]]] = {
-    verb: getattr(ScenarioSMTP, f"smtp_{verb}") for verb in VERB_STAGES
-}
+Verb = Callable[[ScenarioSMTP, str, str], Awaitable[None]]
+ScenarioSMTP.verbs = {verb: getattr(ScenarioSMTP, f"smtp_{verb}") for verb in VERB_STAGES}
 
 
 __all__ = ["Profile", "ScenarioSMTP", "SessionOver"]
