@@ -1,8 +1,9 @@
 """Decide the reply for one stage: first firing rule, its counters, the seeded RNG. No I/O.
 
 The engine runs on the server's single event loop and never awaits, so one decision is atomic
-with respect to every other session: counters need no locks, and a scenario swapped at run time
-is seen whole by each command (old or new, never half of each).
+with respect to every other session: counters need no locks. Each scenario gets its own engine
+(see smtp.Profile), so a scenario swapped at run time starts with fresh counters and a command
+is decided by one scenario, never half of each.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Decision:
 
 
 class _State:
-    """Everything that changes together when a scenario is swapped: one assignment swaps it."""
+    """The mutable side of one scenario: reset() replaces it in one assignment."""
 
     __slots__ = ("by_stage", "counters", "index", "rng", "scenario")
 
@@ -99,10 +100,6 @@ class Engine:
     @property
     def scenario(self) -> Scenario:
         return self._state.scenario
-
-    def swap(self, scenario: Scenario) -> None:
-        """Use another scenario from the next command on; its counters start at zero."""
-        self._state = _State(scenario)
 
     def reset(self) -> None:
         """Forget every count and reseed the generator, keeping the scenario."""

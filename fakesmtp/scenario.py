@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -30,6 +30,8 @@ from .patterns import (
 )
 from .reply import Reply, ReplyError
 from .stages import MATCH_KEYS, Action, Per, Stage
+
+EnumT = TypeVar("EnumT", Action, Per)
 
 DEFAULT_HOSTNAME = "mx.fakesmtp.test"
 DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN")
@@ -625,17 +627,20 @@ class _Builder:
             text = f"{{hostname}} {default_text}" if code in (220, 221, 421) else default_text
         return Reply.make(code, status, text)
 
-    def rule_action(self, node: yaml.Node, stage: Stage | None) -> Action | None:
-        value = self.read.scalar(node, "action", (str,), "an action")
+    def _choice(self, node: yaml.Node, key: str, kind: type[EnumT], what: str) -> EnumT | None:
+        """One of an enum's words (action, per), or a problem listing them."""
+        value = self.read.scalar(node, key, (str,), what)
         if value is None:
             return None
         try:
-            return Action(value)
+            return kind(value)
         except ValueError:
-            self.read.problem(
-                node, "action", f"unknown action {value!r}", ", ".join(a.value for a in Action)
-            )
+            allowed = ", ".join(member.value for member in kind)  # type: ignore[attr-defined]
+            self.read.problem(node, key, f"unknown {key} {value!r}", allowed)
             return None
+
+    def rule_action(self, node: yaml.Node, stage: Stage | None) -> Action | None:
+        return self._choice(node, "action", Action, "an action")
 
     def rule_delay(self, node: yaml.Node, stage: Stage | None) -> float | None:
         value = self.read.scalar(node, "delay", (str, int, float), "a duration like 2s or 500ms")
@@ -661,16 +666,7 @@ class _Builder:
         return self._count(node, "after", 0)
 
     def rule_per(self, node: yaml.Node, stage: Stage | None) -> Per | None:
-        value = self.read.scalar(node, "per", (str,), "what the counts are kept per")
-        if value is None:
-            return None
-        try:
-            return Per(value)
-        except ValueError:
-            self.read.problem(
-                node, "per", f"unknown value {value!r}", ", ".join(p.value for p in Per)
-            )
-            return None
+        return self._choice(node, "per", Per, "what the counts are kept per")
 
     def rule_probability(self, node: yaml.Node, stage: Stage | None) -> float | None:
         value = self.read.scalar(node, "probability", (int, float), "a number from 0 to 1")

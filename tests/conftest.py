@@ -36,8 +36,10 @@ def connect(server: FakeSMTP, timeout: float = 5.0) -> smtplib.SMTP:
 class RawClient:
     """A byte-level client for what smtplib cannot do: pipelining, bad lines, vanishing."""
 
-    def __init__(self, server: FakeSMTP, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=timeout)
+    def __init__(self, server: FakeSMTP | str, port: int = 0, timeout: float = 5.0) -> None:
+        """Connect to a FakeSMTP, or to ``host, port`` (another listener of it)."""
+        address = (server, port) if isinstance(server, str) else (server.host, server.port)
+        self.sock = socket.create_connection(address, timeout=timeout)
         self.buffer = b""
 
     def send(self, data: bytes | str) -> None:

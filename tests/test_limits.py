@@ -31,65 +31,35 @@ import pytest
 from fakesmtp import FakeSMTP
 from fakesmtp.stages import Stage
 
+from .conftest import RawClient
+
 REPLY_LINE = re.compile(r"^[2-5]\d\d[ -][\x20-\x7e]*$")
 
 
 # ------------------------------------------------------------------------- helpers
 
 
-class Raw:
-    """A byte-level client: what smtplib cannot do (trickle, pipeline, vanish, reset)."""
-
-    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.buffer = b""
-
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+class Raw(RawClient):
+    """The shared byte-level client, checking every reply line it reads is well formed."""
 
     def line(self) -> str:
-        while b"\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed by the server; pending {self.buffer!r}")
-            self.buffer += chunk
-        raw, self.buffer = self.buffer.split(b"\r\n", 1)
-        line = raw.decode("ascii")
-        assert REPLY_LINE.match(line), f"malformed reply line {line!r}"
+        line = super().line()
+        assert line.isascii() and REPLY_LINE.match(line), f"malformed reply line {line!r}"
         return line
 
-    def reply(self) -> str:
+    def reply(self) -> str:  # type: ignore[override]
         """One whole reply, its lines joined with newlines."""
-        lines = [self.line()]
-        while lines[-1][3] == "-":
-            lines.append(self.line())
-        return "\n".join(lines)
+        return "\n".join(super().reply())
 
     def command(self, line: str) -> str:
         self.send(line + "\r\n")
         return self.reply()
-
-    def closed(self, timeout: float = 3.0) -> bool:
-        """True when the server closes (EOF or reset) within ``timeout``."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buffer += chunk
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
 
     def reset(self) -> None:
         """Vanish with a TCP RST: SO_LINGER with a zero timeout, then close."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
-    def close(self) -> None:
-        self.sock.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
