@@ -9,7 +9,7 @@ COPY fakesmtp ./fakesmtp
 COPY scenarios ./scenarios
 RUN pip install --no-cache-dir . && rm -rf /src
 
-USER fakesmtp
+USER 10001
 WORKDIR /home/fakesmtp
 EXPOSE 1025 8025
 HEALTHCHECK --interval=10s --timeout=3s \
