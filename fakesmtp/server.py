@@ -128,6 +128,11 @@ class ConsoleLine:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         self.broken = False
+        # Asked once: a terminal gets each line at once, a pipe or file is written in blocks.
+        try:
+            self.interactive = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.interactive = False
 
     def __call__(self, kind: str, item: Any) -> None:
         # Called while a reply is being sent: a console that fails (`fakesmtp serve | head`,
@@ -155,7 +160,7 @@ class ConsoleLine:
             )
         else:
             return
-        if self.stream.isatty():
+        if self.interactive:
             self.stream.flush()
 
     @staticmethod
