@@ -12,14 +12,16 @@ import email
 import email.policy
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from functools import lru_cache
 from typing import Any
 
+from .patterns import TextMatcher
 from .reply import Reply
 from .scenario import Match, Rule, Scenario
-from .stages import Action, Per, Stage
+from .stages import MESSAGE_KEYS, Action, Per, Stage
 
 
 @dataclass(slots=True)
@@ -76,10 +78,13 @@ class Decision:
         return self.rule.label
 
 
+Check = Callable[[Stage, Facts], bool]
+
+
 class _State:
     """The mutable side of one scenario: reset() replaces it in one assignment."""
 
-    __slots__ = ("by_stage", "counters", "index", "rng", "scenario")
+    __slots__ = ("by_stage", "checks", "counters", "index", "rng", "scenario")
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
@@ -87,6 +92,7 @@ class _State:
         for rule in scenario.rules:
             self.by_stage[rule.on] = (*self.by_stage.get(rule.on, ()), rule)
         self.index = {id(rule): n for n, rule in enumerate(scenario.rules)}
+        self.checks = {id(rule): _compile_checks(rule.match) for rule in scenario.rules}
         self.counters: dict[tuple[int, Any], int] = {}
         self.rng = random.Random(scenario.seed)
 
@@ -112,8 +118,7 @@ class Engine:
         """The first rule for ``stage`` that matches and fires, else the address reply."""
         state = self._state
         for rule in state.by_stage.get(stage, ()):
-            matched, to = _matches(rule.match, stage, facts)
-            if not matched:
+            if not _all_hold(state.checks[id(rule)], stage, facts):
                 continue
             if rule.times is not None or rule.after:
                 key = (state.index[id(rule)], _count_key(rule.per, stage, facts))
@@ -125,6 +130,7 @@ class Engine:
                     continue
             if rule.probability is not None and state.rng.random() >= rule.probability:
                 continue
+            to = _matching_recipient(rule.match, stage, facts)
             return Decision(rule.reply, rule.action, rule.delay, rule, to)
         if state.scenario.server.address_replies:
             return _address_decision(stage, facts)
@@ -137,7 +143,7 @@ class Engine:
             return None
         reasons = []
         for rule in rules[:limit]:
-            failed = _failed_keys(rule, stage, facts)
+            failed = self._failed_keys(rule, stage, facts)
             if failed:
                 reasons.append(f"{rule.label}: {', '.join(failed)} did not match")
             else:
@@ -149,14 +155,17 @@ class Engine:
         """For each rule of this stage that did not match: which of its keys failed."""
         misses = []
         for rule in self._state.by_stage.get(stage, ()):
-            failed = _failed_keys(rule, stage, facts)
+            failed = self._failed_keys(rule, stage, facts)
             if failed:
                 misses.append((rule, failed))
         return misses
 
+    def _failed_keys(self, rule: Rule, stage: Stage, facts: Facts) -> list[str]:
+        return [key for key, check in self._state.checks[id(rule)] if not check(stage, facts)]
 
-def _failed_keys(rule: Rule, stage: Stage, facts: Facts) -> list[str]:
-    return [key for key in rule.match.keys if not _key_holds(rule.match, key, stage, facts)]
+
+def _all_hold(checks: tuple[tuple[str, Check], ...], stage: Stage, facts: Facts) -> bool:
+    return all(check(stage, facts) for _, check in checks)
 
 
 def _count_key(per: Per, stage: Stage, facts: Facts) -> Any:
@@ -175,53 +184,110 @@ def _count_key(per: Per, stage: Stage, facts: Facts) -> Any:
     return (facts.client, (facts.sender or "").lower(), recipient)  # Per.TRIPLET
 
 
-def _matches(match: Match, stage: Stage, facts: Facts) -> tuple[bool, str | None]:
-    """Whether every condition holds, and which recipient satisfied `to` (for {to})."""
-    to = None
-    if match.to is not None:
-        if stage is Stage.RCPT:
-            if facts.recipient is None or not match.to(facts.recipient):
-                return False, None
-            to = facts.recipient
-        else:
-            to = next((r for r in facts.recipients if match.to(r)), None)
-            if to is None:
-                return False, None
-    for key in match.keys:
-        if key != "to" and not _key_holds(match, key, stage, facts):
-            return False, None
-    return True, to
+def _matching_recipient(match: Match, stage: Stage, facts: Facts) -> str | None:
+    """The recipient that satisfied `to`: what {to} renders when the rule fires."""
+    if match.to is None:
+        return None
+    if stage is Stage.RCPT:
+        return facts.recipient
+    return next((r for r in facts.recipients if match.to(r)), None)
 
 
-def _key_holds(match: Match, key: str, stage: Stage, facts: Facts) -> bool:
-    if key == "client":
-        return match.client is not None and match.client(facts.client)
-    if key == "helo":
-        return facts.helo is not None and match.helo is not None and match.helo(facts.helo)
-    if key == "from":
-        return facts.sender is not None and match.sender is not None and match.sender(facts.sender)
-    if key == "to":
-        return _matches(Match(to=match.to, keys=("to",)), stage, facts)[0]
-    if key == "user":
-        return facts.user is not None and match.user is not None and match.user(facts.user)
-    if key == "tls":
-        return facts.tls is match.tls
-    if key == "size":
-        return match.size is not None and match.size(facts.size)
-    if key == "subject":
+# --------------------------------------------------------------------------- compiled conditions
+
+
+def _compile_checks(match: Match) -> tuple[tuple[str, Check], ...]:
+    """One small function per condition, built once per scenario, never per command.
+
+    Envelope checks come first: the message ones may parse the message, and need not when an
+    envelope condition already failed.
+    """
+    checks = [(key, _CHECK_BUILDERS[key](match)) for key in match.keys]
+    return tuple(sorted(checks, key=lambda pair: pair[0] in MESSAGE_KEYS))
+
+
+def _check_client(match: Match) -> Check:
+    pattern = match.client
+    assert pattern is not None
+    return lambda stage, facts: pattern(facts.client)
+
+
+def _check_optional(attribute: str, pattern: TextMatcher | None) -> Check:
+    """A condition on a fact that may not be known yet (HELO name, sender, user)."""
+    assert pattern is not None
+
+    def check(stage: Stage, facts: Facts) -> bool:
+        value = getattr(facts, attribute)
+        return value is not None and pattern(value)
+
+    return check
+
+
+def _check_to(match: Match) -> Check:
+    pattern = match.to
+    assert pattern is not None
+
+    def check(stage: Stage, facts: Facts) -> bool:
+        if stage is Stage.RCPT:  # the recipient being tried
+            return facts.recipient is not None and pattern(facts.recipient)
+        return any(pattern(recipient) for recipient in facts.recipients)  # any accepted one
+
+    return check
+
+
+def _check_tls(match: Match) -> Check:
+    wanted = match.tls
+    return lambda stage, facts: facts.tls is wanted
+
+
+def _check_size(match: Match) -> Check:
+    compare = match.size
+    assert compare is not None
+    return lambda stage, facts: compare(facts.size)
+
+
+def _check_subject(match: Match) -> Check:
+    pattern = match.subject
+    assert pattern is not None
+
+    def check(stage: Stage, facts: Facts) -> bool:
         subject = facts.message.get("subject")
-        return match.subject is not None and subject is not None and match.subject(str(subject))
-    if key == "header":
+        return subject is not None and pattern(str(subject))
+
+    return check
+
+
+def _check_headers(match: Match) -> Check:
+    headers = match.headers
+
+    def check(stage: Stage, facts: Facts) -> bool:
         message = facts.message
-        for name, pattern in match.headers:
-            values = message.get_all(name) or []
-            if not any(pattern(str(value)) for value in values):
+        for name, pattern in headers:
+            if not any(pattern(str(value)) for value in message.get_all(name) or []):
                 return False
         return True
-    if key == "body":
-        body = _body_text(facts.message)
-        return match.body is not None and match.body(body)
-    return False
+
+    return check
+
+
+def _check_body(match: Match) -> Check:
+    pattern = match.body
+    assert pattern is not None
+    return lambda stage, facts: pattern(_body_text(facts.message))
+
+
+_CHECK_BUILDERS: dict[str, Callable[[Match], Check]] = {
+    "client": _check_client,
+    "helo": lambda match: _check_optional("helo", match.helo),
+    "from": lambda match: _check_optional("sender", match.sender),
+    "user": lambda match: _check_optional("user", match.user),
+    "to": _check_to,
+    "tls": _check_tls,
+    "size": _check_size,
+    "subject": _check_subject,
+    "header": _check_headers,
+    "body": _check_body,
+}
 
 
 def _body_text(message: EmailMessage) -> str:
