@@ -11,9 +11,14 @@ import pytest
 from fakesmtp.scenario import load_scenario_text
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", README, re.MULTILINE | re.DOTALL)
+BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, re.MULTILINE | re.DOTALL)
 YAML = [body for lang, body in BLOCKS if lang == "yaml"]
-PYTHON = [body for lang, body in BLOCKS if lang == "python"]
+# Each Python block with the YAML block before it: an example may load it as `repro.yaml`.
+PYTHON = [
+    (body, next((b for lang, b in reversed(BLOCKS[:n]) if lang == "yaml"), ""))
+    for n, (lang, body) in enumerate(BLOCKS)
+    if lang == "python"
+]
 
 pytest_plugins = ["pytester"]
 
@@ -23,9 +28,11 @@ def test_yaml_examples_are_valid_scenarios(text: str) -> None:
     load_scenario_text(text, "README.md")
 
 
-@pytest.mark.parametrize("code", PYTHON, ids=[f"python-{n}" for n in range(len(PYTHON))])
-def test_python_examples_run(code: str, pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(("code", "yaml_before"), PYTHON,
+                         ids=[f"python-{n}" for n in range(len(PYTHON))])  # fmt: skip
+def test_python_examples_run(code: str, yaml_before: str, pytester: pytest.Pytester) -> None:
     if "def test_" in code:  # a pytest example: run it as a test file, with our plugin
+        pytester.makefile(".yaml", repro=yaml_before)
         pytester.makepyfile(test_example=textwrap.dedent(code))
         result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
         result.assert_outcomes(passed=code.count("def test_"))
