@@ -109,12 +109,10 @@ class Profile:
             252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"
         )
         self.expn = _reply(502, "5.5.1", "EXPN not supported")
-        self.help = _reply(
-            214,
-            "2.0.0",
-            "Commands: AUTH DATA EHLO EXPN HELO HELP MAIL NOOP QUIT "
-            "RCPT RSET STARTTLS VRFY; see RFC 5321",
-        )
+        # Only what this scenario offers: STARTTLS and AUTH when they are configured.
+        offered = set(VERB_STAGES) - ({"STARTTLS"} if starttls is None else set())
+        offered -= {"AUTH"} if s.auth is None else set()
+        self.help = _reply(214, "2.0.0", f"Commands: {' '.join(sorted(offered))}; see RFC 5321")
         self.quit = _reply(221, "2.0.0", "Bye")
         self.tls_go = _reply(220, "2.0.0", "Ready to start TLS")
         self.auth_ok = _reply(235, "2.7.0", "Authentication successful")
