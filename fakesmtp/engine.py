@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from functools import lru_cache
 from typing import Any
 
@@ -38,6 +39,7 @@ class Facts:
     recipients: list[str] = field(default_factory=list)  # accepted recipients
     raw: bytes | None = None  # the message, at end_of_data
     _message: EmailMessage | None = None
+    _headers: EmailMessage | None = None
 
     @property
     def size(self) -> int:
@@ -52,6 +54,16 @@ class Facts:
             )
         return self._message  # type: ignore[return-value]
 
+    @property
+    def headers(self) -> EmailMessage:
+        """Only the header section, parsed on first use: enough for subject and header rules."""
+        if self._message is not None:
+            return self._message
+        if self._headers is None:
+            parser = BytesHeaderParser(policy=email.policy.default)
+            self._headers = parser.parsebytes(self.raw or b"")  # type: ignore[assignment]
+        return self._headers  # type: ignore[return-value]
+
     def new_transaction(self) -> None:
         """RSET, HELO/EHLO or the end of a message: the envelope is gone."""
         self.sender = None
@@ -59,6 +71,7 @@ class Facts:
         self.recipients = []
         self.raw = None
         self._message = None
+        self._headers = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +264,7 @@ def _check_subject(match: Match) -> Check:
     assert pattern is not None
 
     def check(stage: Stage, facts: Facts) -> bool:
-        subject = facts.message.get("subject")
+        subject = facts.headers.get("subject")
         return subject is not None and pattern(str(subject))
 
     return check
@@ -261,7 +274,7 @@ def _check_headers(match: Match) -> Check:
     headers = match.headers
 
     def check(stage: Stage, facts: Facts) -> bool:
-        message = facts.message
+        message = facts.headers
         for name, pattern in headers:
             if not any(pattern(str(value)) for value in message.get_all(name) or []):
                 return False
