@@ -691,10 +691,25 @@ class _AnyKey(tuple):
 # --------------------------------------------------------------------------- loading
 
 
+# libyaml's build of the safe loader composes ~15x faster; the same safe resolver, no tags
+# beyond YAML's own. Where it is missing, the pure-Python SafeLoader does the same job.
+_FAST_SAFE_LOADER = getattr(yaml, "CSafeLoader", None)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """YAML text -> nodes (with line marks), never anything but the safe loader."""
+    if _FAST_SAFE_LOADER is not None:
+        try:
+            return yaml.compose(text, Loader=_FAST_SAFE_LOADER)
+        except yaml.YAMLError:
+            pass  # the pure-Python loader words its errors better: let it say what is wrong
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def load_scenario_text(text: str, source: str = "<text>") -> Scenario:
     """Build a Scenario from YAML text; raise ScenarioError listing every problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
