@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from .engine import Engine
-from .scenario import Scenario, load_scenario, quick_rule, with_rules_first
+from .scenario import Rule, Scenario, load_scenario, quick_rule, with_rules_first
 from .smtp import Profile, ScenarioSMTP
 from .stages import Stage
 from .store import CapturedMessage, DirStore, Exchange, MemoryStore, SessionRecord
@@ -220,6 +221,7 @@ class FakeSMTP:
             overrides.append(quick_rule(Stage.HELO, ehlo, name="--ehlo"))
             overrides.append(quick_rule(Stage.EHLO, ehlo, name="--ehlo"))
         self._overrides = tuple(overrides)
+        self._added_rules = 0  # rules added with on(), right after the overrides
         self._initial = self._load(scenario)
         self.host = host
         self.port = port
@@ -492,12 +494,34 @@ class FakeSMTP:
     def use(self, scenario: ScenarioSpec) -> Scenario:
         """Swap the scenario now; raises ScenarioError (and keeps the old one) when invalid."""
         loaded = self._load(scenario)
+        self._added_rules = 0
         if self.runtime is None:
             self._initial = loaded
         else:
             runtime = self.runtime
             self._on_loop(lambda: runtime.use(loaded))
         return loaded
+
+    def on(self, stage: str, **options: Any) -> RuleBuilder:
+        """Add a rule from Python, the same as one written in YAML::
+
+            smtp.on("rcpt", to="*@full.test").reply("452 4.2.2 Mailbox full")
+            smtp.on("mail", from_="*@spammer.test", times=1).reply(451)
+            smtp.on("end_of_data", subject="*invoice*").drop()
+            smtp.on("data").delay("40s")
+
+        Keyword arguments are the rule's ``match`` keys (``from_`` for ``from``) and its
+        ``times``, ``after``, ``per``, ``probability`` and ``name``. Rules added this way are
+        tried before the scenario's own, in the order they were added; ``use()`` starts over.
+        Mistakes raise ScenarioError, as in a file.
+        """
+        return RuleBuilder(self, stage, options)
+
+    def _add_rule(self, rule: Rule) -> None:
+        current = self.scenario
+        at = len(self._overrides) + self._added_rules
+        self.use(replace(current, rules=(*current.rules[:at], rule, *current.rules[at:])))
+        self._added_rules = at - len(self._overrides) + 1
 
     def reset(self, messages: bool = True, sessions: bool = True) -> None:
         """Forget counters (times/after, the random generator) and, by default, what was stored."""
@@ -511,3 +535,53 @@ class FakeSMTP:
 
 async def _call(function: Callable[[], Any]) -> Any:
     return function()
+
+
+_RULE_OPTIONS = frozenset({"times", "after", "per", "probability", "name"})
+
+
+class RuleBuilder:
+    """``FakeSMTP.on(...)``'s second half: say what the rule does, and it is in force."""
+
+    def __init__(self, server: FakeSMTP, stage: str, options: dict[str, Any]) -> None:
+        self._server = server
+        self._rule: dict[str, Any] = {"on": stage}
+        match = {}
+        for key, value in options.items():
+            if key in _RULE_OPTIONS:
+                self._rule[key] = value
+            else:
+                match["from" if key == "from_" else key] = value
+        if match:
+            self._rule["match"] = match
+
+    def _add(self, **then: Any) -> Rule:
+        rule = load_scenario({"rules": [{**self._rule, **then}]}).rules[0]
+        self._server._add_rule(rule)
+        return rule
+
+    def reply(self, reply: str | int | dict[str, Any], *, delay: str | float | None = None,
+              close: bool = False) -> Rule:  # fmt: skip
+        """Answer with this reply (``"550 5.1.1 text"``, a code, or ``{code, status, text}``)."""
+        then: dict[str, Any] = {"reply": reply}
+        if delay is not None:
+            then["delay"] = delay
+        if close:
+            then["action"] = "close"
+        return self._add(**then)
+
+    def delay(self, delay: str | float) -> Rule:
+        """Give the normal reply, late (``"2s"``, ``"500ms"``, or seconds)."""
+        return self._add(delay=delay)
+
+    def drop(self) -> Rule:
+        """Close the connection without replying."""
+        return self._add(action="drop")
+
+    def reset(self) -> Rule:
+        """Send a TCP reset, without replying."""
+        return self._add(action="reset")
+
+    def hang(self) -> Rule:
+        """Never reply; the idle timeout ends the session."""
+        return self._add(action="hang")

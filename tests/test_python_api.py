@@ -192,3 +192,30 @@ def test_threaded_server_serves_clients_from_many_threads() -> None:
             f"user{n}@example.test" for n in range(8)
         )
         assert smtp.errors == []
+
+
+def test_rules_added_from_python() -> None:
+    import smtplib
+
+    import pytest
+
+    from fakesmtp import FakeSMTP, ScenarioError
+
+    with FakeSMTP() as smtp:
+        smtp.on("rcpt", to="*@full.test").reply("452 4.2.2 Mailbox full")
+        smtp.on("mail", from_="*@spammer.test", times=1, name="spam once").reply(451)
+        smtp.on("rcpt", to="*@full.test").reply("550 5.1.1 never reached: the first rule wins")
+        smtp.on("end_of_data", subject="*drop me*").drop()
+        with smtplib.SMTP(smtp.host, smtp.port) as client:
+            client.ehlo("client.test")
+            assert client.mail("x@spammer.test")[0] == 451
+            assert client.mail("x@spammer.test")[0] == 250  # times: 1
+            assert client.rcpt("a@full.test") == (452, b"4.2.2 Mailbox full")
+            assert client.rcpt("b@ok.test")[0] == 250
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.data(b"Subject: please drop me\r\n\r\nx\r\n")
+        assert [r.name for r in smtp.scenario.rules][1] == "spam once"
+        with pytest.raises(ScenarioError, match="unknown key; did you mean 'to'"):
+            smtp.on("rcpt", too="x").reply(550)
+        smtp.use(None)  # starts over: no added rules
+        assert smtp.scenario.rules == ()
