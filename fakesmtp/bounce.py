@@ -53,8 +53,7 @@ _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # The lookbehind starts a match only where a word starts: each word is read once, not once
 # per character, however long it is.
-_ADDRESS = re.compile(
-    r"(?<![^\s<>()\[\]\"',;:])[^\s<>()\[\]\"',;:@]+@[A-Za-z0-9.-]*[A-Za-z0-9]")
+_ADDRESS = re.compile(r"(?<![^\s<>()\[\]\"',;:])[^\s<>()\[\]\"',;:@]+@[A-Za-z0-9.-]*[A-Za-z0-9]")
 _BRACKETED = re.compile(r"<([^<>]*)>")  # the first <...> in a command or a line
 _BRACKETED_ADDRESS = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
 _ADDRESS_LINE = re.compile(r"^<([^<>]+)>:\s*$")  # "<bob@example.test>:" alone on its line
@@ -115,8 +114,11 @@ _STAGE_OF_COMMAND: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^data\b", "data"),
         (r"^(?:e|l)hlo\b", "ehlo"),
         (r"^helo\b", "helo"),
-        (r"^(?:initial\s+)?(?:connection|connect|greeting|banner)\b"
-         r"|^initial\s+server\s+greeting", "connect"),
+        (
+            r"^(?:initial\s+)?(?:connection|connect|greeting|banner)\b"
+            r"|^initial\s+server\s+greeting",
+            "connect",
+        ),
         (r"^starttls\b", "starttls"),
         (r"^auth\b", "auth"),
         (r"^rset\b", "rset"),
@@ -142,15 +144,32 @@ def _stage_of(command: str) -> str | None:
 
 
 # Where a code is usually met, best first, when the bounce does not say (see _default_stage).
-_PREFERENCE = ("rcpt", "end_of_data", "mail", "data", "connect", "ehlo", "helo", "auth",
-               "starttls", "rset", "quit", "noop", "vrfy", "expn", "help", "unknown")
+_PREFERENCE = (
+    "rcpt",
+    "end_of_data",
+    "mail",
+    "data",
+    "connect",
+    "ehlo",
+    "helo",
+    "auth",
+    "starttls",
+    "rset",
+    "quit",
+    "noop",
+    "vrfy",
+    "expn",
+    "help",
+    "unknown",
+)
 # Words that say the message itself was refused (rate limits also mention spam: not those).
 _CONTENT_WORDS = re.compile(
     r"\b(?:virus|malware|message content|content (?:rejected|refused|blocked)"
     r"|message (?:rejected|refused|blocked)|spam (?:score|detected|content|message)"
     r"|looks like (?:spam|bulk)|bulk mail|too (?:large|big)|message size|attachment"
     r"|mail loop|hop count)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # Enhanced statuses about the message rather than the address: size, content, DMARC.
 _MESSAGE_STATUSES = re.compile(r"^[45]\.(?:6\.\d+|3\.4|2\.3|7\.26|7\.27)$")
 
@@ -218,7 +237,8 @@ def _reply_key(f: Finding) -> tuple[object, ...]:
 _POSTFIX_TO = re.compile(r"\b(?P<qid>[0-9A-Za-z]{5,}):\s+to=<(?P<rcpt>[^<>]*)>,")
 _POSTFIX_STATUS = re.compile(r"\bstatus=(?P<status>[a-z]+)")
 _POSTFIX_SAID = re.compile(
-    r"host\s+(?P<host>[^\s\[]+)\[(?P<ip>[^\]]*)\]\s+(?P<how>said|refused to talk to me):\s+")
+    r"host\s+(?P<host>[^\s\[]+)\[(?P<ip>[^\]]*)\]\s+(?P<how>said|refused to talk to me):\s+"
+)
 
 _EXIM_LOG = re.compile(
     r"\b(?P<msgid>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})\s+"
@@ -256,7 +276,7 @@ def _postfix_log(text: str, hints: _Hints) -> list[Finding]:
         st = _POSTFIX_STATUS.search(line, m.end()) if m else None
         if m is None or st is None:
             continue
-        rcpt, status, detail = m["rcpt"], st["status"], _parenthesised(line[st.end():])
+        rcpt, status, detail = m["rcpt"], st["status"], _parenthesised(line[st.end() :])
         if status == "sent":
             hints.delivered += 1
             events.append(_Event(rcpt, None))
@@ -266,11 +286,21 @@ def _postfix_log(text: str, hints: _Hints) -> list[Finding]:
             hints.no_reply.append(detail or f"status={status}")
             continue
         reply, stage, host, notes = said
-        events.append(_Event(rcpt, Finding(
-            recipient=rcpt or None, code=reply.code, status=reply.status, text=reply.text,
-            stage=stage, remote_mta=host,
-            origin=f"Postfix log line {lineno} (status={status}, queue id {m['qid']})",
-            notes=notes)))
+        events.append(
+            _Event(
+                rcpt,
+                Finding(
+                    recipient=rcpt or None,
+                    code=reply.code,
+                    status=reply.status,
+                    text=reply.text,
+                    stage=stage,
+                    remote_mta=host,
+                    origin=f"Postfix log line {lineno} (status={status}, queue id {m['qid']})",
+                    notes=notes,
+                ),
+            )
+        )
     return _collapse(events)
 
 
@@ -285,7 +315,7 @@ def _postfix_said(detail: str) -> tuple[_Reply, str | None, str, tuple[str, ...]
     said = _POSTFIX_SAID.search(detail)
     if said is None:
         return None
-    raw = detail[said.end():]
+    raw = detail[said.end() :]
     stage: str | None = None
     notes: tuple[str, ...] = ()
     if said["how"] == "refused to talk to me":
@@ -315,16 +345,26 @@ def _exim_log(text: str, hints: _Hints) -> list[Finding]:
             hints.no_reply.append(rest.strip(" :"))
             continue
         command = err["after"] or err["for"]
-        said = f'after {command}' if err["after"] else f'for {command} command'
+        said = f"after {command}" if err["after"] else f"for {command} command"
         host = err["host"] or err["host2"]
         if host is None and (h := _EXIM_HOST.search(rest)):
             host = h["host"]
         kind = "**, failed" if flag == "**" else "==, deferred"
-        events.append(_Event(rcpt, Finding(
-            recipient=rcpt, code=reply.code, status=reply.status, text=reply.text,
-            stage=_stage_of(command), remote_mta=host,
-            origin=f"Exim log line {lineno} ({kind}, message {m['msgid']})",
-            notes=(f'stage from "{said}"',))))
+        events.append(
+            _Event(
+                rcpt,
+                Finding(
+                    recipient=rcpt,
+                    code=reply.code,
+                    status=reply.status,
+                    text=reply.text,
+                    stage=_stage_of(command),
+                    remote_mta=host,
+                    origin=f"Exim log line {lineno} ({kind}, message {m['msgid']})",
+                    notes=(f'stage from "{said}"',),
+                ),
+            )
+        )
     return _collapse(events)
 
 
@@ -336,10 +376,10 @@ def _sendmail_log(text: str, hints: _Hints) -> list[Finding]:
         stat_at = _SENDMAIL_STAT.search(line, end.end()) if end else None
         if m is None or end is None or stat_at is None:
             continue
-        to = line[m.end(): end.start()]
+        to = line[m.end() : end.start()]
         recipients = _BRACKETED.findall(to) or [a.strip() for a in to.split(",")]
         dsn_at = _SENDMAIL_DSN.search(line, end.end(), stat_at.start())
-        stat, dsn = line[stat_at.end():].strip(), dsn_at["dsn"] if dsn_at else None
+        stat, dsn = line[stat_at.end() :].strip(), dsn_at["dsn"] if dsn_at else None
         relay = _SENDMAIL_RELAY.search(line)
         host = relay["host"] if relay else None
         if stat.startswith("Sent"):
@@ -357,14 +397,26 @@ def _sendmail_log(text: str, hints: _Hints) -> list[Finding]:
                 continue
             code = _code_for_status(dsn)
             reply = _Reply(code, dsn, (_clean(detail),))
-            notes.append(f"Sendmail logs no reply code, only dsn={dsn} and its own summary "
-                         f"stat={stat!r}: assumed {code}")
+            notes.append(
+                f"Sendmail logs no reply code, only dsn={dsn} and its own summary "
+                f"stat={stat!r}: assumed {code}"
+            )
         for rcpt in recipients:
-            events.append(_Event(rcpt, Finding(
-                recipient=rcpt, code=reply.code, status=reply.status or dsn, text=reply.text,
-                stage=None, remote_mta=host,
-                origin=f"Sendmail log line {lineno} (queue id {m['qid']})",
-                notes=tuple(notes))))
+            events.append(
+                _Event(
+                    rcpt,
+                    Finding(
+                        recipient=rcpt,
+                        code=reply.code,
+                        status=reply.status or dsn,
+                        text=reply.text,
+                        stage=None,
+                        remote_mta=host,
+                        origin=f"Sendmail log line {lineno} (queue id {m['qid']})",
+                        notes=tuple(notes),
+                    ),
+                )
+            )
     return _collapse(events)
 
 
@@ -373,8 +425,9 @@ def _code_for_status(status: str) -> int:
     detail = status[2:]
     if status[0] == "4":
         return {"2.2": 452, "3.1": 452, "5.3": 452, "7.0": 421}.get(detail, 451)
-    return {"2.2": 552, "2.3": 552, "3.4": 552, "7.1": 554, "3.0": 554, "1.3": 553,
-            "7.8": 535}.get(detail, 550)
+    return {"2.2": 552, "2.3": 552, "3.4": 552, "7.1": 554, "3.0": 554, "1.3": 553, "7.8": 535}.get(
+        detail, 550
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,10 +456,18 @@ def _postfix_prose(text: str, hints: _Hints) -> list[Finding]:
             hints.no_reply.append(detail)
             continue
         reply, stage, host, notes = said
-        findings.append(Finding(
-            recipient=m["rcpt"] or None, code=reply.code, status=reply.status, text=reply.text,
-            stage=stage, remote_mta=host, origin=f"Postfix bounce text for <{m['rcpt']}>",
-            notes=notes))
+        findings.append(
+            Finding(
+                recipient=m["rcpt"] or None,
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=stage,
+                remote_mta=host,
+                origin=f"Postfix bounce text for <{m['rcpt']}>",
+                notes=notes,
+            )
+        )
     return findings
 
 
@@ -445,11 +506,18 @@ def _exim_prose(text: str, hints: _Hints) -> list[Finding]:
         rcpt = recipient
         if rcpt is None and _stage_of(command) == "rcpt" and (addr := _BRACKETED.search(command)):
             rcpt = addr[1]
-        findings.append(Finding(
-            recipient=rcpt, code=reply.code, status=reply.status, text=reply.text,
-            stage=_stage_of(command), remote_mta=err["host"] or err["host2"] or host,
-            origin=f"Exim bounce text for {rcpt or 'the message'}",
-            notes=(f'stage from "{"after" if err["after"] else "for"} {command}"',)))
+        findings.append(
+            Finding(
+                recipient=rcpt,
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=_stage_of(command),
+                remote_mta=err["host"] or err["host2"] or host,
+                origin=f"Exim bounce text for {rcpt or 'the message'}",
+                notes=(f'stage from "{"after" if err["after"] else "for"} {command}"',),
+            )
+        )
     return findings
 
 
@@ -483,19 +551,28 @@ def _sendmail_prose(text: str, hints: _Hints) -> list[Finding]:
             # DATA command and for the reply after the message alike; the latter is far more
             # common for a refusal.
             stage = "end_of_data"
-            notes.append("Sendmail shows DATA both for the DATA command and for the end of the "
-                         "message; assumed end_of_data, where content is refused")
+            notes.append(
+                "Sendmail shows DATA both for the DATA command and for the end of the "
+                "message; assumed end_of_data, where content is refused"
+            )
         rcpts: list[str | None]
         if stage == "rcpt" and (a := _BRACKETED.search(command)):
             rcpts = [a[1]]
         else:
             rcpts = list(failed) or [None]
         for rcpt in rcpts:
-            findings.append(Finding(
-                recipient=rcpt, code=reply.code, status=reply.status, text=reply.text,
-                stage=stage, remote_mta=host,
-                origin="Sendmail session transcript" + (f" for <{rcpt}>" if rcpt else ""),
-                notes=tuple(notes)))
+            findings.append(
+                Finding(
+                    recipient=rcpt,
+                    code=reply.code,
+                    status=reply.status,
+                    text=reply.text,
+                    stage=stage,
+                    remote_mta=host,
+                    origin="Sendmail session transcript" + (f" for <{rcpt}>" if rcpt else ""),
+                    notes=tuple(notes),
+                )
+            )
 
     for line in lines:
         if t := _SENDMAIL_TALKING.match(line.strip()):
@@ -529,7 +606,8 @@ _QMAIL_CONTEXT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 _QMAIL_SAID = re.compile(r"^[ \t]*Remote host said:\s*(?P<reply>.*)$")
 _QMAIL_HOST = re.compile(
-    r"(?:^|Connected to\s+)(?P<host>\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f:]+:[0-9a-f:]+)\b")
+    r"(?:^|Connected to\s+)(?P<host>\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f:]+:[0-9a-f:]+)\b"
+)
 # Yahoo's qmail-based servers end the text with the protocol step in brackets.
 _BRACKET_STAGE = re.compile(r"\[(?P<step>RCPT_TO|MAIL_FROM|BODY|DATA|CONNECT|EOD)\]\s*$")
 
@@ -574,11 +652,18 @@ def _qmail_prose(text: str, hints: _Hints) -> list[Finding]:
             hints.no_reply.append(stripped)
             continue
         h = _QMAIL_HOST.search(context)
-        findings.append(Finding(
-            recipient=recipient, code=reply.code, status=reply.status, text=reply.text,
-            stage=stage, remote_mta=h["host"] if h else None,
-            origin="qmail bounce text" + (f" for <{recipient}>" if recipient else ""),
-            notes=tuple(notes)))
+        findings.append(
+            Finding(
+                recipient=recipient,
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=stage,
+                remote_mta=h["host"] if h else None,
+                origin="qmail bounce text" + (f" for <{recipient}>" if recipient else ""),
+                notes=tuple(notes),
+            )
+        )
     return findings
 
 
@@ -589,10 +674,12 @@ _EXCHANGE_REPLY = re.compile(
     r"|^[ \t]*Reported error:\s*(?P<d>[2-5][0-5]\d[ -][^\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
-_EXCHANGE_REMOTE = re.compile(r"^[ \t]*Remote server:\s*(?P<host>\S+)",
-                              re.IGNORECASE | re.MULTILINE)
-_EXCHANGE_GENERATOR = re.compile(r"^[ \t]*Generating server:\s*(?P<host>\S+)",
-                                 re.IGNORECASE | re.MULTILINE)
+_EXCHANGE_REMOTE = re.compile(
+    r"^[ \t]*Remote server:\s*(?P<host>\S+)", re.IGNORECASE | re.MULTILINE
+)
+_EXCHANGE_GENERATOR = re.compile(
+    r"^[ \t]*Generating server:\s*(?P<host>\S+)", re.IGNORECASE | re.MULTILINE
+)
 
 
 def _exchange_prose(text: str, hints: _Hints) -> list[Finding]:
@@ -608,18 +695,29 @@ def _exchange_prose(text: str, hints: _Hints) -> list[Finding]:
         host = m["hostc"] or (remote["host"] if remote else None)
         if host is None and generator is not None:
             host = generator["host"]
-            notes.append("Exchange names no remote server: the server that wrote the NDR "
-                         "(Generating server) gave the reply")
-        findings.append(Finding(
-            recipient=_recipient_before(text, m.start()), code=reply.code, status=reply.status,
-            text=reply.text, stage=None, remote_mta=host,
-            origin="Exchange / Office 365 NDR text", notes=tuple(notes)))
+            notes.append(
+                "Exchange names no remote server: the server that wrote the NDR "
+                "(Generating server) gave the reply"
+            )
+        findings.append(
+            Finding(
+                recipient=_recipient_before(text, m.start()),
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=None,
+                remote_mta=host,
+                origin="Exchange / Office 365 NDR text",
+                notes=tuple(notes),
+            )
+        )
     return findings
 
 
 # Yahoo writes the code followed by a colon ("554: delivery error: ...") under the address.
 _YAHOO_REPLY = re.compile(
-    r"^<(?P<rcpt>[^>\n]+)>:[ \t]*\n(?P<code>[2-5][0-5]\d):\s+(?P<rest>[^\n]*)", re.MULTILINE)
+    r"^<(?P<rcpt>[^>\n]+)>:[ \t]*\n(?P<code>[2-5][0-5]\d):\s+(?P<rest>[^\n]*)", re.MULTILINE
+)
 
 
 def _yahoo_prose(text: str, hints: _Hints) -> list[Finding]:
@@ -635,10 +733,18 @@ def _yahoo_prose(text: str, hints: _Hints) -> list[Finding]:
         reply = _parse_reply(raw)
         if reply is None:
             continue
-        findings.append(Finding(
-            recipient=m["rcpt"], code=reply.code, status=reply.status, text=reply.text,
-            stage=stage, remote_mta=None, origin=f"Yahoo-style bounce text for <{m['rcpt']}>",
-            notes=tuple(notes)))
+        findings.append(
+            Finding(
+                recipient=m["rcpt"],
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=stage,
+                remote_mta=None,
+                origin=f"Yahoo-style bounce text for <{m['rcpt']}>",
+                notes=tuple(notes),
+            )
+        )
     return findings
 
 
@@ -651,11 +757,15 @@ _GENERIC_MARKER = re.compile(
     re.IGNORECASE,
 )
 # Command names are a few words: bounded, the search stays linear on any input.
-_IN_REPLY_TO = re.compile(r"\(in reply to (?P<cmd>[A-Za-z][A-Za-z ]{0,30}) command\)\s*$",
-                          re.IGNORECASE)
-_AFTER_COMMAND = re.compile(r"\bafter\s+(?P<cmd>(?:pipelined\s+)?(?:RCPT TO|MAIL FROM|DATA|end "
-                            r"of data|initial connection|EHLO|HELO|STARTTLS|AUTH)\b[^:\n]*"
-                            r"(?::<[^>]*>)?)", re.IGNORECASE)
+_IN_REPLY_TO = re.compile(
+    r"\(in reply to (?P<cmd>[A-Za-z][A-Za-z ]{0,30}) command\)\s*$", re.IGNORECASE
+)
+_AFTER_COMMAND = re.compile(
+    r"\bafter\s+(?P<cmd>(?:pipelined\s+)?(?:RCPT TO|MAIL FROM|DATA|end "
+    r"of data|initial connection|EHLO|HELO|STARTTLS|AUTH)\b[^:\n]*"
+    r"(?::<[^>]*>)?)",
+    re.IGNORECASE,
+)
 
 
 def _generic_prose(text: str, hints: _Hints) -> list[Finding]:
@@ -688,10 +798,18 @@ def _generic_prose(text: str, hints: _Hints) -> list[Finding]:
         reply = _parse_reply(raw)
         if reply is None or reply.code < 400:
             continue
-        findings.append(Finding(
-            recipient=_recipient_before(text, m.start()), code=reply.code, status=reply.status,
-            text=reply.text, stage=stage, remote_mta=_host_before(text, m.start()),
-            origin=f'bounce text ("{_squash(m.group(0))}")', notes=tuple(notes)))
+        findings.append(
+            Finding(
+                recipient=_recipient_before(text, m.start()),
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=stage,
+                remote_mta=_host_before(text, m.start()),
+                origin=f'bounce text ("{_squash(m.group(0))}")',
+                notes=tuple(notes),
+            )
+        )
     return findings
 
 
@@ -719,9 +837,18 @@ def _pasted(text: str, hints: _Hints) -> list[Finding]:
             # A reply about one mailbox names it; matching on it keeps other recipients working.
             recipient = addr[1]
             notes.append(f"recipient <{recipient}> taken from the reply text")
-        return [Finding(recipient=recipient, code=reply.code, status=reply.status,
-                        text=reply.text, stage=stage, remote_mta=None,
-                        origin="pasted reply", notes=tuple(notes))]
+        return [
+            Finding(
+                recipient=recipient,
+                code=reply.code,
+                status=reply.status,
+                text=reply.text,
+                stage=stage,
+                remote_mta=None,
+                origin="pasted reply",
+                notes=tuple(notes),
+            )
+        ]
     return []
 
 
@@ -735,7 +862,7 @@ def _reply_block(text: str, start: int) -> tuple[str, int]:
     while end < len(text):
         nxt = text.find("\n", end + 1)
         nxt = len(text) if nxt < 0 else nxt
-        line = text[end + 1: nxt].strip().lstrip(">").strip()
+        line = text[end + 1 : nxt].strip().lstrip(">").strip()
         if not (line.startswith(code) and line[3:4] in (" ", "-", "")):
             break
         block.append(line)
@@ -756,7 +883,9 @@ def _recipient_before(text: str, pos: int) -> str | None:
 
 _HOST_WORDS = re.compile(
     r"(?:\bhost\s+|\bRemote-MTA:\s*dns;\s*|\bserver\s+)(?P<host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
-    r"\.?(?=[\s\[(:,]|$)", re.IGNORECASE)
+    r"\.?(?=[\s\[(:,]|$)",
+    re.IGNORECASE,
+)
 
 
 def _host_before(text: str, pos: int) -> str | None:
@@ -838,11 +967,18 @@ def _from_dsn(groups: list[dict[str, str]]) -> tuple[list[Finding], list[str]]:
         remote = _mta_name(group.get("remote-mta"))
         who = recipient or "(unnamed)"
         if reply is not None:
-            findings.append(Finding(
-                recipient=recipient, code=reply.code, status=reply.status or status,
-                text=reply.text, stage=None, remote_mta=remote,
-                origin=f"Diagnostic-Code of recipient {who} (Action: {action})",
-                notes=() if remote else ("no Remote-MTA field",)))
+            findings.append(
+                Finding(
+                    recipient=recipient,
+                    code=reply.code,
+                    status=reply.status or status,
+                    text=reply.text,
+                    stage=None,
+                    remote_mta=remote,
+                    origin=f"Diagnostic-Code of recipient {who} (Action: {action})",
+                    notes=() if remote else ("no Remote-MTA field",),
+                )
+            )
         else:
             without_reply.append(recipient or "")
             if status is None:
@@ -851,11 +987,18 @@ def _from_dsn(groups: list[dict[str, str]]) -> tuple[list[Finding], list[str]]:
             # status and let the prose, if any, give the rest.
             code = _code_for_status(status)
             text = (_clean(diagnostic),) if diagnostic else ()
-            findings.append(Finding(
-                recipient=recipient, code=code, status=status, text=text, stage=None,
-                remote_mta=remote or _mta_name(reporting),
-                origin=f"Status of recipient {who} (Action: {action}; no SMTP Diagnostic-Code)",
-                notes=(f"no SMTP reply in the DSN: code {code} assumed for status {status}",)))
+            findings.append(
+                Finding(
+                    recipient=recipient,
+                    code=code,
+                    status=status,
+                    text=text,
+                    stage=None,
+                    remote_mta=remote or _mta_name(reporting),
+                    origin=f"Status of recipient {who} (Action: {action}; no SMTP Diagnostic-Code)",
+                    notes=(f"no SMTP reply in the DSN: code {code} assumed for status {status}",),
+                )
+            )
     return findings, without_reply
 
 
@@ -877,15 +1020,21 @@ def _enrich(dsn: list[Finding], prose: list[Finding], no_smtp: list[str]) -> lis
             continue
         if (f.recipient or "") in no_smtp:
             # The DSN had no SMTP reply for this one but the prose has: the prose wins.
-            out.append(replace(match, recipient=f.recipient or match.recipient,
-                               remote_mta=match.remote_mta or f.remote_mta))
+            out.append(
+                replace(
+                    match,
+                    recipient=f.recipient or match.recipient,
+                    remote_mta=match.remote_mta or f.remote_mta,
+                )
+            )
             continue
         changes: dict[str, object] = {}
         notes = list(f.notes)
         if f.stage is None and match.stage is not None:
             changes["stage"] = match.stage
-            notes += [f"{n} (in the human-readable part)" for n in match.notes
-                      if n.startswith("stage")]
+            notes += [
+                f"{n} (in the human-readable part)" for n in match.notes if n.startswith("stage")
+            ]
         if f.remote_mta is None and match.remote_mta is not None:
             changes["remote_mta"] = match.remote_mta
             notes = [n for n in notes if n != "no Remote-MTA field"]
@@ -897,8 +1046,12 @@ def _enrich(dsn: list[Finding], prose: list[Finding], no_smtp: list[str]) -> lis
     return out
 
 
-def _matching(f: Finding, prose: list[Finding], by_recipient: dict[str, list[Finding]],
-              by_code: dict[int, set[tuple[object, ...]]]) -> Finding | None:
+def _matching(
+    f: Finding,
+    prose: list[Finding],
+    by_recipient: dict[str, list[Finding]],
+    by_code: dict[int, set[tuple[object, ...]]],
+) -> Finding | None:
     if f.recipient and (same := by_recipient.get(f.recipient.casefold())):
         return next((p for p in same if p.code == f.code), same[0])
     if len(by_code.get(f.code, ())) == 1:
@@ -909,11 +1062,28 @@ def _matching(f: Finding, prose: list[Finding], by_recipient: dict[str, list[Fin
 # --------------------------------------------------------------------------------------------
 # Messages
 
-_MAIL_HEADERS = frozenset({
-    "from", "to", "subject", "date", "return-path", "received", "mime-version", "content-type",
-    "message-id", "delivered-to", "reply-to", "auto-submitted", "dkim-signature", "sender",
-    "content-transfer-encoding", "authentication-results", "arc-seal", "x-original-to",
-})
+_MAIL_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "subject",
+        "date",
+        "return-path",
+        "received",
+        "mime-version",
+        "content-type",
+        "message-id",
+        "delivered-to",
+        "reply-to",
+        "auto-submitted",
+        "dkim-signature",
+        "sender",
+        "content-transfer-encoding",
+        "authentication-results",
+        "arc-seal",
+        "x-original-to",
+    }
+)
 _HEADER_START = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9-]*):[ \t]*\S")
 _MBOX_SEPARATOR = re.compile(r"^From \S+\s+(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ", re.MULTILINE)
 # Where the returned copy of the original message starts in a plain-text bounce: its text is
@@ -925,8 +1095,15 @@ _RETURNED_COPY = re.compile(
     r"|^Content-Type:\s*(?:message/rfc822|text/rfc822-headers)",
     re.IGNORECASE | re.MULTILINE,
 )
-_SKIPPED_PARTS = frozenset({"message/rfc822", "message/global", "text/rfc822-headers",
-                            "message/rfc822-headers", "message/global-headers"})
+_SKIPPED_PARTS = frozenset(
+    {
+        "message/rfc822",
+        "message/global",
+        "text/rfc822-headers",
+        "message/rfc822-headers",
+        "message/global-headers",
+    }
+)
 _DSN_PARTS = frozenset({"message/delivery-status", "message/global-delivery-status"})
 
 
@@ -976,7 +1153,7 @@ def _html_text(markup: str) -> str:
         close = lower.find(f"</{m[1].lower()}", m.end())
         if close < 0:
             break
-        kept.append(markup[pos: m.start()])
+        kept.append(markup[pos : m.start()])
         end = lower.find(">", close)
         pos = len(markup) if end < 0 else end + 1
     kept.append(markup[pos:])
@@ -984,8 +1161,9 @@ def _html_text(markup: str) -> str:
     return "\n".join(" ".join(line.split()) for line in text.split("\n"))
 
 
-def _walk(part: email.message.Message, groups: list[dict[str, str]],
-          plain: list[str], markup: list[str]) -> None:
+def _walk(
+    part: email.message.Message, groups: list[dict[str, str]], plain: list[str], markup: list[str]
+) -> None:
     ctype = part.get_content_type()
     if ctype in _SKIPPED_PARTS:
         return
@@ -1036,7 +1214,12 @@ def _cut_returned_copy(text: str) -> str:
 _Scanner = Callable[[str, _Hints], list[Finding]]
 _LOG_SCANNERS: tuple[_Scanner, ...] = (_postfix_log, _exim_log, _sendmail_log)
 _PROSE_SCANNERS: tuple[_Scanner, ...] = (
-    _postfix_prose, _exim_prose, _sendmail_prose, _qmail_prose, _exchange_prose, _yahoo_prose,
+    _postfix_prose,
+    _exim_prose,
+    _sendmail_prose,
+    _qmail_prose,
+    _exchange_prose,
+    _yahoo_prose,
     _generic_prose,
 )
 _LOOKED_FOR = (
@@ -1088,10 +1271,12 @@ def parse_bounce(text: str) -> list[Finding]:
         first = " ".join(hints.no_reply[0].split())[:120]
         raise BounceError(
             f"the bounce reports no SMTP reply from a remote server ({first!r}): "
-            "the remote server never answered, so there is no reply to reproduce")
+            "the remote server never answered, so there is no reply to reproduce"
+        )
     if hints.delivered:
         raise BounceError(
-            f"only successful deliveries found ({hints.delivered}): nothing to reproduce")
+            f"only successful deliveries found ({hints.delivered}): nothing to reproduce"
+        )
     raise BounceError(f"no SMTP reply found: {_LOOKED_FOR}")
 
 
@@ -1167,8 +1352,9 @@ def _rules(findings: list[Finding]) -> list[_Rule]:
             status = None
         if any(len(line) > _MAX_LINE for line in text):
             text = tuple(part for line in text for part in _wrap(line))
-            notes.append(f"a text line longer than {_MAX_LINE} characters was split into "
-                         "several reply lines")
+            notes.append(
+                f"a text line longer than {_MAX_LINE} characters was split into several reply lines"
+            )
         stage = f.stage
         if stage is None:
             stage, why = _default_stage(f.code, status, text)
@@ -1177,8 +1363,10 @@ def _rules(findings: list[Finding]) -> list[_Rule]:
         if f.recipient and stage in _STAGES_WITH_RECIPIENT:
             recipients = (f.recipient,)
         elif f.recipient:
-            notes.append(f"no match on the recipient <{f.recipient}>: at {stage} it is not "
-                         "known yet, so every message meets this reply")
+            notes.append(
+                f"no match on the recipient <{f.recipient}>: at {stage} it is not "
+                "known yet, so every message meets this reply"
+            )
         times = f.transient_then_delivered
         # Several recipients that met the same reply share one rule with a list of addresses;
         # a reply for every recipient stays a rule of its own.
@@ -1194,8 +1382,9 @@ def _rules(findings: list[Finding]) -> list[_Rule]:
         shown = list(origins)
         if len(shown) > _MAX_ORIGINS:
             shown = [*shown[:_MAX_ORIGINS], f"and {len(shown) - _MAX_ORIGINS} more"]
-        rules.append(_Rule(stage, code, status, text, times, tuple(addresses), tuple(shown),
-                           tuple(notes)))
+        rules.append(
+            _Rule(stage, code, status, text, times, tuple(addresses), tuple(shown), tuple(notes))
+        )
     return rules
 
 
@@ -1243,7 +1432,8 @@ def scenario_yaml(findings: list[Finding], source: str = "-") -> str:
     summary = "; ".join(
         f"{r.code}{' ' + r.status if r.status else ''} at {r.stage}"
         + (f" for {_few(r.recipients)}" if r.recipients else "")
-        for r in rules)
+        for r in rules
+    )
     out.append(f"description: {_q('Reproduces ' + summary + ' (from ' + where + ')')}")
     hosts = list(dict.fromkeys(f.remote_mta for f in findings if f.remote_mta))
     if hosts:
@@ -1257,11 +1447,15 @@ def scenario_yaml(findings: list[Finding], source: str = "-") -> str:
         out.append(f"  # from: {_comment('; '.join(dict.fromkeys(r.origins)))}")
         out += [f"  # {_comment(n)}" for n in r.notes]
         if r.times:
-            out.append(f"  # the log shows this reply {r.times} time(s), then the recipient got "
-                       "through: a retry after that is accepted")
+            out.append(
+                f"  # the log shows this reply {r.times} time(s), then the recipient got "
+                "through: a retry after that is accepted"
+            )
         elif r.code < 500:
-            out.append("  # a transient reply with no later success in the bounce: every attempt "
-                       "meets it; add `times: N` to let a retry through")
+            out.append(
+                "  # a transient reply with no later success in the bounce: every attempt "
+                "meets it; add `times: N` to let a retry through"
+            )
         out.append(f"  - on: {r.stage}")
         if r.recipients:
             values = [_q(_glob_literal(a)) for a in r.recipients]

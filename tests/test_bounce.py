@@ -151,7 +151,11 @@ def test_postfix_in_reply_to_names_the_stage(cmd: str, stage: str) -> None:
     line = POSTFIX_LINE.format(status="5.7.1", kind="bounced", reply="554 5.7.1 No", cmd=cmd)
     (finding,) = parse_bounce(line)
     assert (finding.stage, finding.code, finding.status, finding.text) == (
-        stage, 554, "5.7.1", ("No",))
+        stage,
+        554,
+        "5.7.1",
+        ("No",),
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,7 +195,11 @@ def test_pasted_reply_quoted_in_an_email_reply() -> None:
 def test_pasted_reply_without_enhanced_status() -> None:
     (finding,) = parse_bounce("452 Too many recipients\n")
     assert (finding.code, finding.status, finding.text, finding.stage) == (
-        452, None, ("Too many recipients",), None)
+        452,
+        None,
+        ("Too many recipients",),
+        None,
+    )
 
 
 def test_pasted_reply_about_the_sender_does_not_match_on_that_address() -> None:
@@ -200,10 +208,12 @@ def test_pasted_reply_about_the_sender_does_not_match_on_that_address() -> None:
 
 
 def test_log_deferred_then_bounced_limits_the_deferral() -> None:
-    deferred = POSTFIX_LINE.format(status="4.2.2", kind="deferred", reply="452 4.2.2 Full",
-                                   cmd="RCPT TO")
-    bounced = POSTFIX_LINE.format(status="5.2.2", kind="bounced", reply="552 5.2.2 Still full",
-                                  cmd="RCPT TO")
+    deferred = POSTFIX_LINE.format(
+        status="4.2.2", kind="deferred", reply="452 4.2.2 Full", cmd="RCPT TO"
+    )
+    bounced = POSTFIX_LINE.format(
+        status="5.2.2", kind="bounced", reply="552 5.2.2 Still full", cmd="RCPT TO"
+    )
     first, second = parse_bounce("\n".join([deferred, deferred, bounced]))
     assert (first.code, first.transient_then_delivered) == (452, 2)
     assert (second.code, second.transient_then_delivered) == (552, 0)
@@ -278,8 +288,13 @@ def test_comments_say_where_values_came_from_and_what_was_assumed() -> None:
 
 def make(**overrides: Any) -> Finding:
     values: dict[str, Any] = {
-        "recipient": "pat@example.test", "code": 550, "status": "5.1.1", "text": ("Unknown",),
-        "stage": "rcpt", "remote_mta": "mx.example.test", "origin": "test",
+        "recipient": "pat@example.test",
+        "code": 550,
+        "status": "5.1.1",
+        "text": ("Unknown",),
+        "stage": "rcpt",
+        "remote_mta": "mx.example.test",
+        "origin": "test",
     }
     return Finding(**(values | overrides))
 
@@ -313,7 +328,8 @@ def test_awkward_text_survives_yaml_and_the_loader(line: str) -> None:
     (rule,) = load_scenario_text(text, source="<bounce>").rules
     # Braces are doubled in the YAML so that the loader does not read {to} as a field.
     assert rule.reply.render() == f"550-5.1.1 {line}".rstrip().encode() + b"\r\n" + (
-        b"550 5.1.1 second\r\n")
+        b"550 5.1.1 second\r\n"
+    )
 
 
 def test_awkward_addresses_match_only_themselves() -> None:
@@ -417,8 +433,7 @@ def test_round_trip_gives_the_same_reply(name: str, index: int, expected: dict[s
     load_scenario_text(yaml_text, source="<bounce>")
     stage = expected["on"]
     recipient = finding.recipient or BYSTANDER
-    want = (expected["code"], wire_message(expected["code"], expected["status"],
-                                           expected["text"]))
+    want = (expected["code"], wire_message(expected["code"], expected["status"], expected["text"]))
     with served(yaml_text) as server:
         for _ in range(max(1, expected["times"])):
             assert attempt(server, stage, recipient) == want
@@ -443,7 +458,9 @@ def test_round_trip_whole_dsn_in_one_transaction() -> None:
         assert smtp.mail(SENDER)[0] == 250
         assert smtp.rcpt("carol@example.test")[0] == 250
         assert smtp.rcpt("dan@example.test") == (
-            452, b"4.2.2 <dan@example.test>: Mailbox over quota, try again later")
+            452,
+            b"4.2.2 <dan@example.test>: Mailbox over quota, try again later",
+        )
         assert smtp.rcpt("erin@example.test")[0] == 250
         assert smtp.data(MESSAGE) == (554, b"5.7.1 Message refused: it looks like bulk mail")
         smtp.quit()
@@ -454,16 +471,23 @@ def test_round_trip_recipients_sharing_one_refusal() -> None:
     with served(yaml_text) as server:
         for recipient in ("kate@example.test", "leo@example.test"):
             assert attempt(server, "end_of_data", recipient) == (
-                554, b"5.7.1 Message content rejected")
+                554,
+                b"5.7.1 Message content rejected",
+            )
         assert attempt(server, "end_of_data", BYSTANDER)[0] == 250
 
 
 def test_round_trip_every_stage_word() -> None:
     """The Exim `after ...` words at every stage a client can meet, served and met."""
-    for cmd, stage in [("initial connection", "connect"), ("EHLO x.example.test", "ehlo"),
-                       ("HELO x.example.test", "helo"), ("MAIL FROM:<>", "mail"),
-                       ("RCPT TO:<pat@example.test>", "rcpt"), ("DATA", "data"),
-                       ("end of data", "end_of_data")]:
+    for cmd, stage in [
+        ("initial connection", "connect"),
+        ("EHLO x.example.test", "ehlo"),
+        ("HELO x.example.test", "helo"),
+        ("MAIL FROM:<>", "mail"),
+        ("RCPT TO:<pat@example.test>", "rcpt"),
+        ("DATA", "data"),
+        ("end of data", "end_of_data"),
+    ]:
         (finding,) = parse_bounce(EXIM_LINE.format(cmd=cmd, reply="554 5.7.1 Go away"))
         yaml_text = scenario_yaml([finding])
         with served(yaml_text) as server:
@@ -481,21 +505,73 @@ def test_invalid_scenario_would_be_caught_by_the_loader() -> None:
 # Any input: a scenario the loader takes, or a one-line BounceError; never anything else
 
 FRAGMENTS = [
-    "550", "451", "421", "554", "250", "5.1.1", "4.7.1", "2.0.0", "9.9.9", "-", " ", "\n", "\r\n",
-    "\t", "<bob@example.test>", "bob@example.test", ":", "said: ",
+    "550",
+    "451",
+    "421",
+    "554",
+    "250",
+    "5.1.1",
+    "4.7.1",
+    "2.0.0",
+    "9.9.9",
+    "-",
+    " ",
+    "\n",
+    "\r\n",
+    "\t",
+    "<bob@example.test>",
+    "bob@example.test",
+    ":",
+    "said: ",
     "host mx.example.test[192.0.2.1]",
-    " (in reply to RCPT TO command)", " (in reply to end of DATA command)", "status=bounced (",
-    "status=deferred (", "status=sent (", "ABCDE12345: to=<bob@example.test>, ", ")",
-    "Final-Recipient: rfc822; bob@example.test\n", "Action: failed\n", "Action: delayed\n",
-    "Status: 5.1.1\n", "Diagnostic-Code: smtp; ", "Remote-MTA: dns; mx.example.test\n",
-    "Remote host said: ", "does not like recipient.\n", "1tAbCd-000AbC-1Z ** bob@example.test ",
-    "SMTP error from remote mail server after RCPT TO:<bob@example.test>: ", "after end of data: ",
-    ">>> RCPT To:<bob@example.test>\n", "<<< ", "... while talking to mx.example.test.:\n",
-    "Remote Server returned '", "'", "#", "##", "Reported error: ", "The response was:\n",
-    "[BODY]", "{", "}", "{to}", '"', "\\", "é", "\x00", "\x1b", "\x85", "\u2028", "\ufeff",
-    "From: a@example.test\n", "Content-Type: text/html\n", "<p>", "&lt;",
-    "Content-Type: multipart/report; boundary=b\n", "\n--b\n", "\n--b--\n",
-    "Content-Type: message/delivery-status\n", "dsn=5.1.1, stat=User unknown",
+    " (in reply to RCPT TO command)",
+    " (in reply to end of DATA command)",
+    "status=bounced (",
+    "status=deferred (",
+    "status=sent (",
+    "ABCDE12345: to=<bob@example.test>, ",
+    ")",
+    "Final-Recipient: rfc822; bob@example.test\n",
+    "Action: failed\n",
+    "Action: delayed\n",
+    "Status: 5.1.1\n",
+    "Diagnostic-Code: smtp; ",
+    "Remote-MTA: dns; mx.example.test\n",
+    "Remote host said: ",
+    "does not like recipient.\n",
+    "1tAbCd-000AbC-1Z ** bob@example.test ",
+    "SMTP error from remote mail server after RCPT TO:<bob@example.test>: ",
+    "after end of data: ",
+    ">>> RCPT To:<bob@example.test>\n",
+    "<<< ",
+    "... while talking to mx.example.test.:\n",
+    "Remote Server returned '",
+    "'",
+    "#",
+    "##",
+    "Reported error: ",
+    "The response was:\n",
+    "[BODY]",
+    "{",
+    "}",
+    "{to}",
+    '"',
+    "\\",
+    "é",
+    "\x00",
+    "\x1b",
+    "\x85",
+    "\u2028",
+    "\ufeff",
+    "From: a@example.test\n",
+    "Content-Type: text/html\n",
+    "<p>",
+    "&lt;",
+    "Content-Type: multipart/report; boundary=b\n",
+    "\n--b\n",
+    "\n--b--\n",
+    "Content-Type: message/delivery-status\n",
+    "dsn=5.1.1, stat=User unknown",
     "4ATD1C9x001234: to=<bob@example.test>, delay=00:00:01, relay=mx.example.test. [192.0.2.3], ",
 ]
 

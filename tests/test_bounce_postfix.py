@@ -31,8 +31,9 @@ from fakesmtp import FakeSMTP
 from fakesmtp.bounce import bounce_to_yaml, parse_bounce
 from fakesmtp.scenario import load_scenario_text
 
-POSTFIX = shutil.which("postfix") or ("/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists()
-                                      else None)
+POSTFIX = shutil.which("postfix") or (
+    "/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None
+)
 
 
 def _why_not() -> str | None:
@@ -54,8 +55,11 @@ SENDER = "alice@shop.example.test"
 REFUSED = "bob@example.test"  # at RCPT, one line
 REFUSED_TEXT = "<bob@example.test>: Recipient address rejected: User unknown in local table"
 CONTENT = "dora@example.test"  # after the end of data, three lines
-CONTENT_TEXT = ["Message refused: it looks like bulk mail.", "See the policy page at",
-                "https://postmaster.example.test/bulk for details."]
+CONTENT_TEXT = [
+    "Message refused: it looks like bulk mail.",
+    "See the policy page at",
+    "https://postmaster.example.test/bulk for details.",
+]
 GREYLISTED = "greg@example.test"  # deferred once at RCPT, then accepted
 GREY_TEXT = "<greg@example.test>: Greylisted, try again in a moment"
 ACCEPTED = "carl@example.test"
@@ -152,21 +156,25 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 
 
 def _submit(port: int, recipients: list[str]) -> None:
-    body = (f"From: {SENDER}\r\nTo: {', '.join(recipients)}\r\nSubject: test\r\n\r\n"
-            "Hello from the test.\r\n")
+    body = (
+        f"From: {SENDER}\r\nTo: {', '.join(recipients)}\r\nSubject: test\r\n\r\n"
+        "Hello from the test.\r\n"
+    )
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
         smtp.sendmail(SENDER, recipients, body)
 
 
 def _stop(postfix: str, config: Path, master: subprocess.Popen[bytes]) -> None:
     """Stop this instance; if it will not go, end its process group (ours, started by us)."""
-    subprocess.run([postfix, "-c", str(config), "stop"], capture_output=True, timeout=20,
-                   check=False)
+    subprocess.run(
+        [postfix, "-c", str(config), "stop"], capture_output=True, timeout=20, check=False
+    )
     try:
         master.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        subprocess.run([postfix, "-c", str(config), "abort"], capture_output=True, timeout=20,
-                       check=False)
+        subprocess.run(
+            [postfix, "-c", str(config), "abort"], capture_output=True, timeout=20, check=False
+        )
         os.killpg(master.pid, signal.SIGKILL)
         master.wait(timeout=5)
 
@@ -191,18 +199,29 @@ def postfix_run() -> Iterator[PostfixRun]:
         with FakeSMTP(scenario=SCENARIO) as remote:
             (config / "main.cf").write_text(MAIN_CF.format(root=root, relay_port=remote.port))
             (config / "master.cf").write_text(MASTER_CF.format(submit_port=submit_port))
-            check = subprocess.run([POSTFIX, "-c", str(config), "check"], capture_output=True,
-                                   text=True, timeout=60, check=False)
+            check = subprocess.run(
+                [POSTFIX, "-c", str(config), "check"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert check.returncode == 0, f"postfix check failed: {check.stdout}{check.stderr}"
             with log_path.open("wb") as log:
                 # start-fg keeps the master in the foreground: it is our child, and it goes
                 # when we stop it, whatever happens in the test.
-                master = subprocess.Popen([POSTFIX, "-c", str(config), "start-fg"],
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                master = subprocess.Popen(
+                    [POSTFIX, "-c", str(config), "start-fg"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             try:
-                _wait(lambda: _accepts(submit_port) or master.poll() is not None, 20,
-                      "Postfix's smtpd to listen")
+                _wait(
+                    lambda: _accepts(submit_port) or master.poll() is not None,
+                    20,
+                    "Postfix's smtpd to listen",
+                )
                 assert master.poll() is None, f"Postfix did not start:\n{log_path.read_text()}"
                 # The refused recipient travels with an accepted one, as in real life; the
                 # refusal after the end of data would bounce every recipient, so it goes alone.
@@ -217,8 +236,11 @@ def postfix_run() -> Iterator[PostfixRun]:
                     return len(dsns) >= 2 and bool(grey)
 
                 _wait(done, 30, "Postfix's two DSNs and the retried greylisted message")
-                _wait(lambda: "status=sent" in _log_for(log_path, GREYLISTED), 10,
-                      "the log line of the greylisted message's delivery")
+                _wait(
+                    lambda: "status=sent" in _log_for(log_path, GREYLISTED),
+                    10,
+                    "the log line of the greylisted message's delivery",
+                )
             finally:
                 _stop(POSTFIX, config, master)
             leftover = _group_alive(master.pid)
@@ -229,8 +251,7 @@ def postfix_run() -> Iterator[PostfixRun]:
                     for recipient in (REFUSED, CONTENT):
                         if f"Final-Recipient: rfc822; {recipient}" in text:
                             dsns[recipient] = text
-            yield PostfixRun(dsns=dsns, log=log_path.read_text(errors="replace"),
-                             leftover=leftover)
+            yield PostfixRun(dsns=dsns, log=log_path.read_text(errors="replace"), leftover=leftover)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

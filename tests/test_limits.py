@@ -61,7 +61,6 @@ class Raw(RawClient):
         self.sock.close()
 
 
-
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
