@@ -14,6 +14,7 @@ import html
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fakesmtp import catalog
 
@@ -70,6 +71,11 @@ class _Reply:
     code: int
     status: str | None
     text: tuple[str, ...]
+
+    def finding(self, *, fallback_status: str | None = None, **where: Any) -> Finding:
+        """This reply as a Finding; ``where`` says for whom, at which stage, from what."""
+        status = self.status or fallback_status
+        return Finding(code=self.code, status=status, text=self.text, **where)
 
 
 def _parse_reply(raw: str) -> _Reply | None:
@@ -289,11 +295,8 @@ def _postfix_log(text: str, hints: _Hints) -> list[Finding]:
         events.append(
             _Event(
                 rcpt,
-                Finding(
+                reply.finding(
                     recipient=rcpt or None,
-                    code=reply.code,
-                    status=reply.status,
-                    text=reply.text,
                     stage=stage,
                     remote_mta=host,
                     origin=f"Postfix log line {lineno} (status={status}, queue id {m['qid']})",
@@ -353,11 +356,8 @@ def _exim_log(text: str, hints: _Hints) -> list[Finding]:
         events.append(
             _Event(
                 rcpt,
-                Finding(
+                reply.finding(
                     recipient=rcpt,
-                    code=reply.code,
-                    status=reply.status,
-                    text=reply.text,
                     stage=_stage_of(command),
                     remote_mta=host,
                     origin=f"Exim log line {lineno} ({kind}, message {m['msgid']})",
@@ -405,11 +405,9 @@ def _sendmail_log(text: str, hints: _Hints) -> list[Finding]:
             events.append(
                 _Event(
                     rcpt,
-                    Finding(
+                    reply.finding(
                         recipient=rcpt,
-                        code=reply.code,
-                        status=reply.status or dsn,
-                        text=reply.text,
+                        fallback_status=dsn,
                         stage=None,
                         remote_mta=host,
                         origin=f"Sendmail log line {lineno} (queue id {m['qid']})",
@@ -457,11 +455,8 @@ def _postfix_prose(text: str, hints: _Hints) -> list[Finding]:
             continue
         reply, stage, host, notes = said
         findings.append(
-            Finding(
+            reply.finding(
                 recipient=m["rcpt"] or None,
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=stage,
                 remote_mta=host,
                 origin=f"Postfix bounce text for <{m['rcpt']}>",
@@ -507,11 +502,8 @@ def _exim_prose(text: str, hints: _Hints) -> list[Finding]:
         if rcpt is None and _stage_of(command) == "rcpt" and (addr := _BRACKETED.search(command)):
             rcpt = addr[1]
         findings.append(
-            Finding(
+            reply.finding(
                 recipient=rcpt,
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=_stage_of(command),
                 remote_mta=err["host"] or err["host2"] or host,
                 origin=f"Exim bounce text for {rcpt or 'the message'}",
@@ -562,11 +554,8 @@ def _sendmail_prose(text: str, hints: _Hints) -> list[Finding]:
             rcpts = list(failed) or [None]
         for rcpt in rcpts:
             findings.append(
-                Finding(
+                reply.finding(
                     recipient=rcpt,
-                    code=reply.code,
-                    status=reply.status,
-                    text=reply.text,
                     stage=stage,
                     remote_mta=host,
                     origin="Sendmail session transcript" + (f" for <{rcpt}>" if rcpt else ""),
@@ -653,11 +642,8 @@ def _qmail_prose(text: str, hints: _Hints) -> list[Finding]:
             continue
         h = _QMAIL_HOST.search(context)
         findings.append(
-            Finding(
+            reply.finding(
                 recipient=recipient,
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=stage,
                 remote_mta=h["host"] if h else None,
                 origin="qmail bounce text" + (f" for <{recipient}>" if recipient else ""),
@@ -700,11 +686,8 @@ def _exchange_prose(text: str, hints: _Hints) -> list[Finding]:
                 "(Generating server) gave the reply"
             )
         findings.append(
-            Finding(
+            reply.finding(
                 recipient=_recipient_before(text, m.start()),
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=None,
                 remote_mta=host,
                 origin="Exchange / Office 365 NDR text",
@@ -734,11 +717,8 @@ def _yahoo_prose(text: str, hints: _Hints) -> list[Finding]:
         if reply is None:
             continue
         findings.append(
-            Finding(
+            reply.finding(
                 recipient=m["rcpt"],
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=stage,
                 remote_mta=None,
                 origin=f"Yahoo-style bounce text for <{m['rcpt']}>",
@@ -799,11 +779,8 @@ def _generic_prose(text: str, hints: _Hints) -> list[Finding]:
         if reply is None or reply.code < 400:
             continue
         findings.append(
-            Finding(
+            reply.finding(
                 recipient=_recipient_before(text, m.start()),
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=stage,
                 remote_mta=_host_before(text, m.start()),
                 origin=f'bounce text ("{_squash(m.group(0))}")',
@@ -838,11 +815,8 @@ def _pasted(text: str, hints: _Hints) -> list[Finding]:
             recipient = addr[1]
             notes.append(f"recipient <{recipient}> taken from the reply text")
         return [
-            Finding(
+            reply.finding(
                 recipient=recipient,
-                code=reply.code,
-                status=reply.status,
-                text=reply.text,
                 stage=stage,
                 remote_mta=None,
                 origin="pasted reply",
@@ -968,11 +942,9 @@ def _from_dsn(groups: list[dict[str, str]]) -> tuple[list[Finding], list[str]]:
         who = recipient or "(unnamed)"
         if reply is not None:
             findings.append(
-                Finding(
+                reply.finding(
                     recipient=recipient,
-                    code=reply.code,
-                    status=reply.status or status,
-                    text=reply.text,
+                    fallback_status=status,
                     stage=None,
                     remote_mta=remote,
                     origin=f"Diagnostic-Code of recipient {who} (Action: {action})",
