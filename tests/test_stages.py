@@ -83,11 +83,16 @@ def walk(client: RawClient, stage: Stage) -> None:
         assert first[0] in "23", f"{command} -> {first}"
 
 
-def ask(client: RawClient, stage: Stage) -> list[str]:
+def reach(client: RawClient, stage: Stage) -> None:
+    """Walk up to the stage and send the command it answers (nothing for the banner)."""
     walk(client, stage)
     command = ROUTES[stage][1]
     if command is not None:
         client.send(command + "\r\n")
+
+
+def ask(client: RawClient, stage: Stage) -> list[str]:
+    reach(client, stage)
     return client.reply()
 
 
@@ -163,10 +168,7 @@ def test_close_after_reply(serve, raw_client, stage: Stage) -> None:
 def test_drop_closes_without_reply(serve, raw_client, stage: Stage) -> None:
     server = serve(scenario(stage, "    action: drop\n"))
     client = raw_client(server)
-    walk(client, stage)
-    command = ROUTES[stage][1]
-    if command is not None:
-        client.send(command + "\r\n")
+    reach(client, stage)
     assert client.closed()
     assert client.buffer == b""
     record = server.wait_for_sessions(1)[0]
@@ -180,10 +182,7 @@ def test_reset_sends_tcp_rst(serve, raw_client, stage: Stage) -> None:
     # At connect, the reset can race the client's own connect(), which then reports it.
     with pytest.raises(ConnectionResetError):
         client = raw_client(server)
-        walk(client, stage)
-        command = ROUTES[stage][1]
-        if command is not None:
-            client.send(command + "\r\n")
+        reach(client, stage)
         while client.sock.recv(65536):
             pass
     assert server.wait_for_sessions(1)[0].end == "reset by rule"
@@ -193,10 +192,7 @@ def test_reset_sends_tcp_rst(serve, raw_client, stage: Stage) -> None:
 def test_hang_never_answers_until_idle_timeout(serve, raw_client, stage: Stage) -> None:
     server = serve(scenario(stage, "    action: hang\n"))
     client = raw_client(server)
-    walk(client, stage)
-    command = ROUTES[stage][1]
-    if command is not None:
-        client.send(command + "\r\n")
+    reach(client, stage)
     assert not client.closed(timeout=0.3)  # nothing, and still open
     assert client.buffer == b""
     assert client.closed(timeout=3)  # the idle timeout (0.6 s) ends it, still without a word
