@@ -87,7 +87,7 @@ class Decision:
     @property
     def rule_name(self) -> str | None:
         if self.rule is None:
-            return "address" if self.reply is not None else None
+            return f"address {self.to}" if self.reply is not None else None
         return self.rule.label
 
 

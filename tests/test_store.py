@@ -92,7 +92,7 @@ def test_transcript_has_every_command_reply_stage_rule_and_the_end() -> None:
     assert times == sorted(times)
     [refusal] = [e for e in second.exchanges if e.stage == "rcpt"]
     assert refusal.reply.startswith("550 5.1.1 ")
-    assert refusal.rule == "address"  # the default scenario's address-driven reply
+    assert refusal.rule == "address rcpt-550@example.test"  # the default scenario asked
     assert second.message_ids == []
 
 
