@@ -41,7 +41,15 @@ class BadInput(click.ClickException):
         click.echo(self.format_message(), err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        # Every option can come from the environment, FAKESMTP_<COMMAND>_<OPTION>: a CI service
+        # container gets env vars but no command line (FAKESMTP_SERVE_SCENARIO=greylisting).
+        "auto_envvar_prefix": "FAKESMTP",
+    }
+)
 @click.version_option(__version__, prog_name="fakesmtp")
 def main() -> None:
     """A fake SMTP server that gives the replies you choose, to test how mail software copes.
@@ -58,6 +66,9 @@ def main() -> None:
 
     With the default scenario, an address asks for its own reply: mail to rcpt-550@any.test
     gets 550 at RCPT, from mail-451@any.test gets 451 at MAIL; data-554@, end_of_data-552@ too.
+
+    Options can also come from the environment as FAKESMTP_<COMMAND>_<OPTION>, for example
+    FAKESMTP_SERVE_SCENARIO=greylisting or FAKESMTP_SERVE_BANNER=421.
     """
 
 

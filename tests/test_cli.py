@@ -143,3 +143,17 @@ def test_dockerfile_command_starts_and_serves() -> None:
             assert client.noop()[0] == 250
     finally:
         assert served.stop()[0] == 0
+
+
+def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CI service container is configured with env vars only.
+    monkeypatch.setenv("FAKESMTP_SERVE_BANNER", "554 5.7.1 Not today")
+    monkeypatch.setenv("FAKESMTP_SERVE_NO_API", "1")
+    served = Served("--port", "0", "--quiet")
+    try:
+        assert "API" not in served.banner_line
+        with pytest.raises(smtplib.SMTPConnectError) as caught:
+            smtplib.SMTP("127.0.0.1", served.port, timeout=5)
+        assert (caught.value.smtp_code, caught.value.smtp_error) == (554, b"5.7.1 Not today")
+    finally:
+        assert served.stop()[0] == 0

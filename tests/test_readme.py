@@ -1,4 +1,7 @@
-"""README examples are tests: every YAML block is a valid scenario, every Python block runs."""
+"""README examples are tests: every YAML block is a valid scenario, every Python block runs.
+
+(A ```yaml block is a scenario; other YAML, such as a CI workflow snippet, is tagged ```yml.)
+"""
 
 from __future__ import annotations
 
