@@ -111,29 +111,34 @@ def _parse_reply(raw: str) -> _Reply | None:
 # --------------------------------------------------------------------------------------------
 # Stages
 
-_STAGE_OF_COMMAND: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), stage)
-    for pattern, stage in (
-        (r"^(?:end\s+of\s+(?:data|message)|\.|bdat\b|message\s+body|body\b)", "end_of_data"),
-        (r"^rcpt(?:\s+to)?\b|^rcpt_to\b", "rcpt"),
-        (r"^mail(?:\s+from)?\b|^mail_from\b", "mail"),
-        (r"^data\b", "data"),
-        (r"^(?:e|l)hlo\b", "ehlo"),
-        (r"^helo\b", "helo"),
-        (
-            r"^(?:initial\s+)?(?:connection|connect|greeting|banner)\b"
-            r"|^initial\s+server\s+greeting",
-            "connect",
-        ),
-        (r"^starttls\b", "starttls"),
-        (r"^auth\b", "auth"),
-        (r"^rset\b", "rset"),
-        (r"^quit\b", "quit"),
-        (r"^noop\b", "noop"),
-        (r"^vrfy\b", "vrfy"),
-        (r"^expn\b", "expn"),
-        (r"^help\b", "help"),
-    )
+StageTable = tuple[tuple[re.Pattern[str], str], ...]
+
+
+def _stage_table(*pairs: tuple[str, str]) -> StageTable:
+    """(wording pattern, stage) pairs, compiled once, case-insensitive, first match wins."""
+    return tuple((re.compile(pattern, re.IGNORECASE), stage) for pattern, stage in pairs)
+
+
+_STAGE_OF_COMMAND: StageTable = _stage_table(
+    (r"^(?:end\s+of\s+(?:data|message)|\.|bdat\b|message\s+body|body\b)", "end_of_data"),
+    (r"^rcpt(?:\s+to)?\b|^rcpt_to\b", "rcpt"),
+    (r"^mail(?:\s+from)?\b|^mail_from\b", "mail"),
+    (r"^data\b", "data"),
+    (r"^(?:e|l)hlo\b", "ehlo"),
+    (r"^helo\b", "helo"),
+    (
+        r"^(?:initial\s+)?(?:connection|connect|greeting|banner)\b"
+        r"|^initial\s+server\s+greeting",
+        "connect",
+    ),
+    (r"^starttls\b", "starttls"),
+    (r"^auth\b", "auth"),
+    (r"^rset\b", "rset"),
+    (r"^quit\b", "quit"),
+    (r"^noop\b", "noop"),
+    (r"^vrfy\b", "vrfy"),
+    (r"^expn\b", "expn"),
+    (r"^help\b", "help"),
 )
 
 
@@ -582,16 +587,13 @@ def _sendmail_prose(text: str, hints: _Hints) -> list[Finding]:
 
 
 # qmail says in words what it was doing when the remote server answered.
-_QMAIL_CONTEXT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), stage)
-    for pattern, stage in (
-        (r"does not like recipient", "rcpt"),
-        (r"sender was rejected", "mail"),
-        (r"failed after I sent the message", "end_of_data"),
-        (r"failed on DATA command", "data"),
-        (r"my name was rejected", "helo"),
-        (r"greeting failed", "connect"),
-    )
+_QMAIL_CONTEXT: StageTable = _stage_table(
+    (r"does not like recipient", "rcpt"),
+    (r"sender was rejected", "mail"),
+    (r"failed after I sent the message", "end_of_data"),
+    (r"failed on DATA command", "data"),
+    (r"my name was rejected", "helo"),
+    (r"greeting failed", "connect"),
 )
 _QMAIL_SAID = re.compile(r"^[ \t]*Remote host said:\s*(?P<reply>.*)$")
 _QMAIL_HOST = re.compile(
