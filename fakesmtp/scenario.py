@@ -7,7 +7,6 @@ value carries the line it came from for error messages.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,8 @@ from .patterns import (
 )
 from .reply import Reply, ReplyError
 from .stages import MATCH_KEYS, Action, Per, Stage
+from .suggest import did_you_mean
+from .yaml_errors import explain as explain_yaml_error
 
 EnumT = TypeVar("EnumT", Action, Per)
 
@@ -53,10 +54,21 @@ class Problem:
     key: str
     message: str
     allowed: str = ""
+    hint: str = ""  # what to write instead, when we know
+    excerpt: str = ""  # the offending line, shown with a caret under ``column``
+    column: int | None = None
 
     def __str__(self) -> str:
         allowed = f" (allowed: {self.allowed})" if self.allowed else ""
-        return f"{self.path}:{self.line}: {self.key}: {self.message}{allowed}"
+        lines = [f"{self.path}:{self.line}: {self.key}: {self.message}{allowed}"]
+        if self.excerpt:
+            # Tabs become single spaces so the caret stays under the character it means.
+            lines.append("    " + self.excerpt.replace("\t", " "))
+            if self.column is not None:
+                lines.append("    " + " " * self.column + "^")
+        if self.hint:
+            lines.append(f"  {self.hint}")
+        return "\n".join(lines)
 
 
 class ScenarioError(ValueError):
@@ -225,9 +237,13 @@ class _Reader:
                 continue
             seen.add(name)
             if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
-                self.problem(key_node, where, hint, ", ".join(allowed))
+                hint = did_you_mean(name, allowed)
+                self.problem(
+                    key_node,
+                    where,
+                    f"unknown key; {hint}" if hint else "unknown key",
+                    ", ".join(allowed),
+                )
                 continue
             yield name, key_node, value_node
 
@@ -508,8 +524,8 @@ class _Builder:
                 try:
                     stage = Stage(value)
                 except ValueError:
-                    close = difflib.get_close_matches(value, [s.value for s in Stage], n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    hint = did_you_mean(value, [s.value for s in Stage])
+                    hint = f"; {hint}" if hint else ""
                     r.problem(nodes["on"][1], "on", f"unknown stage {value!r}{hint}", _STAGE_WORDS)
         fields: dict[str, Any] = {
             "source": Source(path=r.path, line=node.start_mark.line + 1),
@@ -635,8 +651,10 @@ class _Builder:
         try:
             return kind(value)
         except ValueError:
-            allowed = ", ".join(member.value for member in kind)  # type: ignore[attr-defined]
-            self.read.problem(node, key, f"unknown {key} {value!r}", allowed)
+            words = [member.value for member in kind]  # type: ignore[attr-defined]
+            hint = did_you_mean(value, words)
+            hint = f"; {hint}" if hint else ""
+            self.read.problem(node, key, f"unknown {key} {value!r}{hint}", ", ".join(words))
             return None
 
     def rule_action(self, node: yaml.Node, stage: Stage | None) -> Action | None:
@@ -645,6 +663,16 @@ class _Builder:
     def rule_delay(self, node: yaml.Node, stage: Stage | None) -> float | None:
         value = self.read.scalar(node, "delay", (str, int, float), "a duration like 2s or 500ms")
         if value is None:
+            return None
+        # A bare number is refused in files: SMTP tools disagree on the unit (Mailpit's chaos
+        # and many MTAs count milliseconds, others seconds), and a 5 read as the wrong one is
+        # a test that waits 1000 times too long or not at all. From Python, a number is seconds.
+        if isinstance(value, int | float) and value != 0 and self.read.path != "<dict>":
+            self.read.problem(
+                node,
+                "delay",
+                f"{value} has no unit: write {value}s (seconds) or {value}ms (milliseconds)",
+            )
             return None
         try:
             return parse_duration(value)
@@ -711,10 +739,19 @@ def load_scenario_text(text: str, source: str = "<text>") -> Scenario:
     try:
         root = _compose(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ScenarioError([Problem(source, line, "yaml", f"not valid YAML: {reason}")]) from None
+        mistake = explain_yaml_error(error, text)
+        lines = text.splitlines()
+        excerpt = lines[mistake.line - 1] if 0 < mistake.line <= len(lines) else ""
+        problem = Problem(
+            source,
+            mistake.line,
+            "yaml",
+            f"not valid YAML: {mistake.reason}",
+            hint=mistake.hint,
+            excerpt=excerpt,
+            column=mistake.column if excerpt else None,
+        )
+        raise ScenarioError([problem]) from None
     builder = _Builder(source)
     scenario = builder.scenario(root, text)
     if builder.read.problems or scenario is None:

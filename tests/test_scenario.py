@@ -152,7 +152,10 @@ def test_bare_code_takes_catalog_text() -> None:
         ),
         (
             "rules: [\n",
-            "s.yaml:2: yaml: not valid YAML: expected the node content, but found '<stream end>'",
+            "s.yaml:1: yaml: not valid YAML: expected the node content, but found '<stream end>'\n"
+            "    rules: [\n"
+            "           ^\n"
+            "  this [ is never closed: add ] where the list ends",
         ),
         (
             "rules:\n  - on: rcpt\n    reply: [550]\n",
