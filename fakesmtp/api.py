@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from . import __version__
+from .metrics import serve_metrics
 from .scenario import Rule, Scenario, ScenarioError, builtin_scenarios, load_scenario_text
 from .store import CapturedMessage, Exchange, SessionRecord
 
@@ -72,6 +73,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("PUT", "/api/v1/scenario", put_scenario),
         ("POST", "/api/v1/reset", reset),
         ("GET", "/api/v1/catalog/{code}", explain_code),
+        ("GET", "/metrics", serve_metrics),  # Prometheus
     ]
 
 

@@ -238,6 +238,7 @@ class FakeSMTP:
         self.runtime: Runtime | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._api: Any = None
+        self.metrics: Any = None  # a metrics.Metrics while the API runs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -301,6 +302,10 @@ class FakeSMTP:
                 self.tls_port = tls_server.sockets[0].getsockname()[1]
             if self.api_port is not None:
                 from .api import start_api
+                from .metrics import Metrics
+
+                self.metrics = Metrics()  # counted from now on, shown on the API's /metrics
+                self.store.subscribe(self.metrics.observe)
 
                 self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
         except BaseException:
