@@ -525,6 +525,7 @@ def rule_json(rule: Rule) -> dict[str, Any]:
         "times": rule.times,
         "after": rule.after,
         "per": rule.per.value,
+        "within": rule.within,
         "probability": rule.probability,
     }
 

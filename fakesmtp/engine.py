@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import inspect
 import random
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from functools import lru_cache
-from typing import Any
 
+from .counters import CounterStore, MemoryCounters
 from .patterns import TextMatcher
 from .reply import Reply
 from .scenario import Match, Rule, Scenario
@@ -27,7 +29,8 @@ from .stages import MESSAGE_KEYS, Action, Per, Stage
 
 @dataclass(slots=True)
 class Facts:
-    """What a session knows so far. The session updates it; the engine only reads it."""
+    """What a session knows so far. The session updates it; the engine reads it (and keeps the
+    session's own ``per: connection`` counts in it)."""
 
     session_id: str
     client: str
@@ -38,6 +41,10 @@ class Facts:
     recipient: str | None = None  # the recipient being tried at RCPT
     recipients: list[str] = field(default_factory=list)  # accepted recipients
     raw: bytes | None = None  # the message, at end_of_data
+    # per: connection counts live here and end with the session (the engine writes them);
+    # counters_of says which engine state they belong to, so a reset or swap starts afresh.
+    counters: MemoryCounters | None = None
+    counters_of: object = None
     _message: EmailMessage | None = None
     _headers: EmailMessage | None = None
 
@@ -83,6 +90,14 @@ class Decision:
     delay: float = 0.0
     rule: Rule | None = None
     to: str | None = None  # the recipient {to} renders at data / end_of_data
+    count: int | None = None  # the rule's times/after count, this match included
+
+    @property
+    def note(self) -> str | None:
+        """For the transcript: how many matches were counted (in the window) when it fired."""
+        if self.rule is None or self.count is None:
+            return None
+        return count_text(self.rule, self.count)
 
     @property
     def rule_name(self) -> str | None:
@@ -94,10 +109,26 @@ class Decision:
 Check = Callable[[Stage, Facts], bool]
 
 
+@dataclass(frozen=True, slots=True)
+class Count:
+    """One counted match: what the engine asks a counter store for a rule with times/after."""
+
+    store: CounterStore
+    key: str
+    window: float | None
+    limit: int
+
+
+# The engine's decision loop, written once as a generator: it yields a Count whenever a rule
+# needs one and is sent back the total. decide() answers from a synchronous store right away;
+# decide_async() awaits a store (a networked one) whose hit() returns an awaitable.
+Steps = Generator[Count, int, "Decision | None"]
+
+
 class _State:
     """The mutable side of one scenario: reset() replaces it in one assignment."""
 
-    __slots__ = ("by_stage", "checks", "counters", "index", "rng", "scenario")
+    __slots__ = ("by_stage", "checks", "held", "index", "rng", "scenario")
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
@@ -106,15 +137,29 @@ class _State:
             self.by_stage[rule.on] = (*self.by_stage.get(rule.on, ()), rule)
         self.index = {id(rule): n for n, rule in enumerate(scenario.rules)}
         self.checks = {id(rule): _compile_checks(rule.match) for rule in scenario.rules}
-        self.counters: dict[tuple[int, Any], int] = {}
         self.rng = random.Random(scenario.seed)
+        # The counts of the last decision that fired nothing, for why_not() to report.
+        self.held: dict[int, int] = {}
 
 
 class Engine:
-    """Owns the mutable side of a scenario: counters for times/after and the random generator."""
+    """Owns the mutable side of a scenario: counters for times/after and the random generator.
 
-    def __init__(self, scenario: Scenario) -> None:
+    ``counters`` keeps the counts of every ``per`` but ``connection`` (those live with the
+    session, in its Facts, and go when it ends); by default an in-memory, bounded store.
+    ``clock`` gives the seconds that ``within:`` windows are measured in.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        counters: CounterStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._state = _State(scenario)
+        self.counters: CounterStore = counters if counters is not None else MemoryCounters()
+        self.clock = clock
 
     @property
     def scenario(self) -> Scenario:
@@ -122,7 +167,8 @@ class Engine:
 
     def reset(self) -> None:
         """Forget every count and reseed the generator, keeping the scenario."""
-        self._state = _State(self._state.scenario)
+        self.counters.clear()
+        self._state = _State(self._state.scenario)  # per-connection counts belong to the old one
 
     def has_rules(self, stage: Stage) -> bool:
         return stage in self._state.by_stage
@@ -130,28 +176,78 @@ class Engine:
     def decide(self, stage: Stage, facts: Facts) -> Decision | None:
         """The first rule for ``stage`` that matches and fires, else the address reply."""
         state = self._state
+        if stage not in state.by_stage:  # the common case: no generator, no counting
+            if state.scenario.server.address_replies:
+                return _address_decision(stage, facts)
+            return None
+        steps = self._steps(state, stage, facts)
+        try:
+            count = next(steps)
+            while True:
+                total = count.store.hit(
+                    count.key, self.clock(), window=count.window, limit=count.limit
+                )
+                count = steps.send(total)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def decide_async(self, stage: Stage, facts: Facts) -> Decision | None:
+        """As decide(), for a counter store whose hit() must be awaited."""
+        state = self._state
+        steps = self._steps(state, stage, facts)
+        try:
+            count = next(steps)
+            while True:
+                total = count.store.hit(
+                    count.key, self.clock(), window=count.window, limit=count.limit
+                )
+                if inspect.isawaitable(total):
+                    total = await total
+                count = steps.send(total)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _steps(self, state: _State, stage: Stage, facts: Facts) -> Steps:
+        held: dict[int, int] = {}
         for rule in state.by_stage.get(stage, ()):
             if not _all_hold(state.checks[id(rule)], stage, facts):
                 continue
+            count = None
             if rule.times is not None or rule.after:
-                key = (state.index[id(rule)], _count_key(rule.per, stage, facts))
-                count = state.counters.get(key, 0) + 1
-                state.counters[key] = count
-                if count <= rule.after:
-                    continue
-                if rule.times is not None and count > rule.after + rule.times:
+                count = yield self._count(state, rule, stage, facts)
+                if count <= rule.after or (
+                    rule.times is not None and count > rule.after + rule.times
+                ):
+                    held[id(rule)] = count
                     continue
             if rule.probability is not None and state.rng.random() >= rule.probability:
                 continue
             to = _matching_recipient(rule.match, stage, facts)
-            return Decision(rule.reply, rule.action, rule.delay, rule, to)
+            return Decision(rule.reply, rule.action, rule.delay, rule, to, count)
+        state.held = held
         if state.scenario.server.address_replies:
             return _address_decision(stage, facts)
         return None
 
+    def _count(self, state: _State, rule: Rule, stage: Stage, facts: Facts) -> Count:
+        """Which counter one match of ``rule`` adds to."""
+        index = state.index[id(rule)]
+        # Beyond after + times the rule never fires again: no need to count exactly further.
+        limit = rule.after + (rule.times or 0) + 1
+        if rule.per is Per.CONNECTION:
+            if facts.counters is None or facts.counters_of is not state:
+                facts.counters, facts.counters_of = MemoryCounters(max_keys=1024), state
+            return Count(facts.counters, str(index), rule.within, limit)
+        key = f"{index}\x1f{_count_key(rule.per, stage, facts)}"
+        return Count(self.counters, key, rule.within, limit)
+
     def why_not(self, stage: Stage, facts: Facts, limit: int = 3) -> str | None:
-        """Why no rule of this stage fired, for the transcript: "why didn't my rule fire?"."""
-        rules = self._state.by_stage.get(stage, ())
+        """Why no rule of this stage fired, for the transcript: "why didn't my rule fire?".
+
+        Call it right after a decide() that returned None: it reports that decision's counts.
+        """
+        state = self._state
+        rules = state.by_stage.get(stage, ())
         if not rules:
             return None
         reasons = []
@@ -159,8 +255,12 @@ class Engine:
             failed = self._failed_keys(rule, stage, facts)
             if failed:
                 reasons.append(f"{rule.label}: {', '.join(failed)} did not match")
+            elif id(rule) in state.held:
+                reasons.append(
+                    f"{rule.label}: matched, but {_held_text(rule, state.held[id(rule)])}"
+                )
             else:
-                reasons.append(f"{rule.label}: matched, but times/after/probability held it back")
+                reasons.append(f"{rule.label}: matched, but probability held it back")
         more = f"; and {len(rules) - limit} more" if len(rules) > limit else ""
         return "no rule fired (" + "; ".join(reasons) + more + ")"
 
@@ -181,11 +281,39 @@ def _all_hold(checks: tuple[tuple[str, Check], ...], stage: Stage, facts: Facts)
     return all(check(stage, facts) for _, check in checks)
 
 
-def _count_key(per: Per, stage: Stage, facts: Facts) -> Any:
+def count_text(rule: Rule, count: int) -> str:
+    """``counted 4 per client within 1m``: how a count reads in transcripts."""
+    # A window keeps only what deciding needs: at its limit, the count means "this or more".
+    limit = rule.after + (rule.times or 0) + 1
+    number = f"{limit} or more" if rule.within is not None and count >= limit else f"{count}"
+    per = "" if rule.per is Per.SERVER else f" per {rule.per}"
+    within = f" within {duration_text(rule.within)}" if rule.within is not None else ""
+    return f"counted {number}{per}{within}"
+
+
+def _held_text(rule: Rule, count: int) -> str:
+    if count <= rule.after:
+        fires = f"fires after {rule.after}"
+    else:
+        fires = f"fires for {rule.after + 1} to {rule.after + (rule.times or 0)}"
+        if not rule.after:
+            fires = f"fires for the first {rule.times}"
+    return f"{count_text(rule, count)} (it {fires})"
+
+
+def duration_text(seconds: float) -> str:
+    """60 -> ``1m``, 2 -> ``2s``, 0.5 -> ``500ms``: a duration as a scenario would write it."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
+
+
+def _count_key(per: Per, stage: Stage, facts: Facts) -> str:
     if per is Per.SERVER:
-        return None
-    if per is Per.CONNECTION:
-        return facts.session_id
+        return ""
     if per is Per.CLIENT:
         return facts.client
     if per is Per.SENDER:
@@ -194,7 +322,7 @@ def _count_key(per: Per, stage: Stage, facts: Facts) -> Any:
     recipient = (recipient or "").lower()
     if per is Per.RECIPIENT:
         return recipient
-    return (facts.client, (facts.sender or "").lower(), recipient)  # Per.TRIPLET
+    return f"{facts.client}\x1f{(facts.sender or '').lower()}\x1f{recipient}"  # Per.TRIPLET
 
 
 def _matching_recipient(match: Match, stage: Stage, facts: Facts) -> str | None:

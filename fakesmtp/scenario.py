@@ -134,6 +134,7 @@ class Rule:
     times: int | None = None
     after: int = 0
     per: Per = Per.SERVER
+    within: float | None = None  # seconds: count times/after only over this sliding window
     probability: float | None = None
     name: str = ""
     source: Source = field(default_factory=lambda: Source(path="<code>", line=0))
@@ -310,6 +311,7 @@ _RULE_KEYS = (
     "times",
     "after",
     "per",
+    "within",
     "probability",
     "name",
 )
@@ -562,6 +564,14 @@ class _Builder:
                 ", ".join(p.value for p in Per if stage in _PER_STAGES.get(p, frozenset(Stage))),
             )
             return None
+        if "within" in fields and "times" not in fields and "after" not in fields:
+            r.problem(
+                nodes["within"][1],
+                "within",
+                "counts the matches that times/after limit, but this rule has neither",
+                "add times or after, or remove within",
+            )
+            return None
         return Rule(**fields)
 
     def rule_match(self, node: yaml.Node, stage: Stage | None) -> Match | None:
@@ -695,6 +705,20 @@ class _Builder:
 
     def rule_per(self, node: yaml.Node, stage: Stage | None) -> Per | None:
         return self._choice(node, "per", Per, "what the counts are kept per")
+
+    def rule_within(self, node: yaml.Node, stage: Stage | None) -> float | None:
+        value = self.read.scalar(node, "within", (str, int, float), "a duration like 1m or 30s")
+        if value is None:
+            return None
+        try:
+            seconds = parse_duration(value)
+        except PatternError as error:
+            self.read.problem(node, "within", str(error))
+            return None
+        if seconds <= 0:  # an empty window would count nothing, and the rule never fire
+            self.read.problem(node, "within", "must be more than 0")
+            return None
+        return seconds
 
     def rule_probability(self, node: yaml.Node, stage: Stage | None) -> float | None:
         value = self.read.scalar(node, "probability", (int, float), "a number from 0 to 1")

@@ -516,8 +516,9 @@ class FakeSMTP:
             smtp.on("data").delay("40s")
 
         Keyword arguments are the rule's ``match`` keys (``from_`` for ``from``) and its
-        ``times``, ``after``, ``per``, ``probability`` and ``name``. Rules added this way are
-        tried before the scenario's own, in the order they were added; ``use()`` starts over.
+        ``times``, ``after``, ``per``, ``within``, ``probability`` and ``name``. Rules added this
+        way are tried before the scenario's own, in the order they were added; ``use()`` starts
+        over.
         Mistakes raise ScenarioError, as in a file.
         """
         return RuleBuilder(self, stage, options)
@@ -542,7 +543,7 @@ async def _call(function: Callable[[], Any]) -> Any:
     return function()
 
 
-_RULE_OPTIONS = frozenset({"times", "after", "per", "probability", "name"})
+_RULE_OPTIONS = frozenset({"times", "after", "per", "within", "probability", "name"})
 
 
 class RuleBuilder:

@@ -496,6 +496,7 @@ class ScenarioSMTP(AiosmtpdSMTP):
             if engine.has_rules(stage):  # tell the transcript why none of them fired
                 note = engine.why_not(stage, self.facts)
         else:
+            note = decision.note  # how many were counted (in the window), for times/after rules
             if decision.delay:
                 await self._pause(decision.delay)
             action = decision.action

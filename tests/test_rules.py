@@ -444,11 +444,11 @@ rules:
         assert client.rcpt("trap@x.test")[0] == 451  # "once" fires
         assert client.rcpt("trap@x.test")[0] == 250
     rcpts = [e for e in server.wait_for_sessions(1)[0].exchanges if e.stage == "rcpt"]
-    assert rcpts[0].rule == "once" and rcpts[0].note is None
+    assert rcpts[0].rule == "once" and rcpts[0].note == "counted 1"
     assert rcpts[1].rule is None
     assert rcpts[1].note == (
         "no rule fired (spam trap: from did not match; "
-        "once: matched, but times/after/probability held it back)"
+        "once: matched, but counted 2 (it fires for the first 1))"
     )
 
 

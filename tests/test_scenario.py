@@ -84,7 +84,7 @@ def test_bare_code_takes_catalog_text() -> None:
         (
             "rules:\n  - on: rcpt\n    reply: 550\n    tiems: 2\n",
             "s.yaml:4: rules[0].tiems: unknown key; did you mean 'times'? (allowed: on, match, "
-            "reply, action, delay, times, after, per, probability, name)",
+            "reply, action, delay, times, after, per, within, probability, name)",
         ),
         (
             "rules:\n  - on: rctp\n    reply: 550\n",
@@ -162,6 +162,23 @@ def test_bare_code_takes_catalog_text() -> None:
             's.yaml:3: reply: must be a reply like "550 5.1.1 text", not a list',
         ),
         ("name: x\nname: y\n", "s.yaml:2: name: is given twice"),
+        (
+            "rules:\n  - on: mail\n    within: 1m\n    reply: 451\n",
+            "s.yaml:3: within: counts the matches that times/after limit, but this rule has "
+            "neither (allowed: add times or after, or remove within)",
+        ),
+        (
+            "rules:\n  - on: mail\n    after: 3\n    within: 0s\n    reply: 451\n",
+            "s.yaml:4: within: must be more than 0",
+        ),
+        (
+            "rules:\n  - on: mail\n    after: 3\n    within: a minute\n    reply: 451\n",
+            "s.yaml:4: within: 'a minute' is not a duration like 2s, 500ms, 1m",
+        ),
+        (
+            "rules:\n  - on: mail\n    after: 3\n    within: [1m]\n    reply: 451\n",
+            "s.yaml:4: within: must be a duration like 1m or 30s, not a list",
+        ),
         ("", "s.yaml:1: scenario: file is empty (allowed: name, description, seed, server, rules)"),
     ],
 )
