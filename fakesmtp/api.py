@@ -386,26 +386,25 @@ def _catalog() -> ModuleType | None:
 
 
 @functools.lru_cache(maxsize=512)
-def explain_reply(code: int, status: str | None) -> dict[str, Any]:
-    """``summary``, ``meaning``, ``advice`` (and ``status_meaning``) from the catalog, if any."""
+def explain_reply(code: int, status: str | None, text: str = "") -> dict[str, Any]:
+    """``summary``, ``meaning``, ``advice`` read from what the reply says (catalog.read_reply).
+
+    ``explained_by`` names what the explanation rests on (vendor, status, text, code), and
+    ``status_meaning`` keeps the registry's words for the status, for the curious.
+    """
     catalog = _catalog()
-    found: dict[str, Any] = {}
     if catalog is None:
-        return found
+        return {}
     try:
-        entry = catalog.code(code)
-        if entry is not None:
-            for key in ("summary", "meaning", "advice"):
-                value = getattr(entry, key, None)
-                if value:
-                    found[key] = value
-        if status:
-            status_entry = catalog.status(status)
-            if status_entry is not None and getattr(status_entry, "meaning", None):
-                found["status_meaning"] = status_entry.meaning
+        reading = catalog.read_reply(code, status, text)
     except Exception:  # the catalog is another module's job; its failure must not break ours
         log.exception("reply catalog lookup failed for %s %s", code, status)
         return {}
+    found: dict[str, Any] = {"explained_by": reading.basis}
+    for key in ("summary", "meaning", "advice", "source", "vendor", "status_meaning"):
+        value = getattr(reading, key)
+        if value:
+            found[key] = value
     return found
 
 
@@ -421,7 +420,8 @@ def exchange_json(exchange: Exchange) -> dict[str, Any]:
     data["status"] = status
     data["kind"] = _KINDS.get(match[1][0])
     if code >= 400:
-        data.update(explain_reply(code, status))
+        text = " ".join((exchange.reply or "")[4:].split())
+        data.update(explain_reply(code, status, text))
     return data
 
 

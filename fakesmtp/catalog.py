@@ -105,6 +105,81 @@ def _localized(entry: CodeEntry | StatusEntry, key: str, lang: str) -> str:
     return str(getattr(entry, key))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplySign:
+    """Something a reply can say beyond its codes: a vendor's use of a status, or wording
+    (greylisting, DMARC, rate limits...) that tells what happened whatever the codes are."""
+
+    id: str
+    summary: str
+    meaning: str
+    advice: str
+    source: str
+    vendor: str = ""
+    statuses: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()  # (low, high) ranges
+    reply_class: str | None = None  # "4" or "5": only replies of that class
+    text: re.Pattern[str] | None = None
+
+    def holds_for_status(self, status_text: str | None) -> bool:
+        if not self.statuses:
+            return True
+        if status_text is None:
+            return False
+        key = _status_key(status_text)
+        return any(low <= key <= high for low, high in self.statuses)
+
+    def holds(self, code: int | None, status_text: str | None, text: str) -> bool:
+        if self.reply_class is not None and code is not None and str(code)[0] != self.reply_class:
+            return False
+        if not self.holds_for_status(status_text):
+            return False
+        return self.text is None or bool(self.text.search(text))
+
+
+def _status_key(status_text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in status_text.split("."))
+
+
+def _reply_sign(raw: Mapping[str, Any]) -> ReplySign:
+    ranges = []
+    for item in raw.get("status") or ():
+        low, _, high = str(item).partition("-")
+        ranges.append((_status_key(low), _status_key(high or low)))
+    text = raw.get("text")
+    return ReplySign(
+        id=raw["id"],
+        summary=raw["summary"],
+        meaning=raw["meaning"],
+        advice=raw["advice"],
+        source=raw["source"],
+        vendor=raw.get("vendor") or "",
+        statuses=tuple(ranges),
+        reply_class=str(raw["class"]) if raw.get("class") is not None else None,
+        text=re.compile(text, re.IGNORECASE) if text else None,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reading:
+    """What one reply means, taken from what it actually says.
+
+    ``basis`` tells which part of the reply the explanation rests on: ``vendor`` (a vendor's
+    known use of this status and wording), ``status`` (the enhanced status), ``text``
+    (recognisable wording), ``code`` (the reply code) or ``digits`` (a code nobody lists).
+    """
+
+    code: int | None
+    status: str | None
+    summary: str
+    meaning: str
+    advice: str
+    source: str
+    basis: str
+    vendor: str = ""
+    kind: str = ""
+    status_meaning: str = ""  # the registry's words for the status, when there is one
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -115,6 +190,7 @@ class _Catalog:
     subjects: Mapping[int, Mapping[str, Any]]
     classes: Mapping[int, Mapping[str, Any]]
     digits: Mapping[str, Any]
+    readings: tuple[ReplySign, ...] = ()
 
 
 class CatalogError(ValueError):
@@ -142,6 +218,7 @@ def _catalog() -> _Catalog:
         subjects=_frozen(data["status_subjects"]),
         classes=_frozen(data["status_classes"]),
         digits=_frozen(data["digits"]),
+        readings=tuple(_reply_sign(raw) for raw in data.get("readings") or ()),
     )
 
 
@@ -332,6 +409,109 @@ def codes_with_status(status_text: str) -> list[tuple[int, str | None]]:
     return found
 
 
+def _is_precise(entry: StatusEntry) -> bool:
+    """Whether a status names the problem by itself, so that it outweighs wording and code.
+
+    X.Y.0 says only the subject, and X.7.1 ("delivery not authorized") covers every policy
+    refusal from relaying to spam: for those, the text says more than the status does.
+    """
+    detail = entry.status.split(".", 2)[2]
+    return entry.registered and detail != "0" and entry.status[2:] != "7.1"
+
+
+def _status_summary(entry: StatusEntry) -> str:
+    head = re.split(r"[:;]| \(|, so ", entry.meaning, maxsplit=1)[0].strip().rstrip(".")
+    return head if len(head) <= 70 else head[:67].rstrip() + "..."
+
+
+def signs_for_status(status_text: str) -> list[ReplySign]:
+    """Vendor uses of this very status (not wording-only signs), for ``explain 5.1.10``."""
+    # Only a sign's first status (or range) is its own; the others are where the same wording
+    # may also turn up, which is worth matching but not worth listing under every status.
+    key = _status_key(status_text)
+    return [
+        sign
+        for sign in _catalog().readings
+        if sign.statuses and sign.statuses[0][0] <= key <= sign.statuses[0][1]
+    ]
+
+
+def read_reply(code: int | None, status_text: str | None = None, text: str = "") -> Reading:
+    """Explain one reply from what it says: vendor fact, precise status, wording, status, code.
+
+    ``code`` may be None when only a status is known. A status given with a code of another
+    class is still read (clients act on the code, but the status is what the server meant).
+    """
+    catalog = _catalog()
+    status_entry = status(status_text) if status_text else None
+    status_meaning = status_entry.meaning if status_entry is not None else ""
+    kind = kind_of(code) if code is not None else (status_entry.kind if status_entry else "")
+
+    def from_sign(sign: ReplySign, basis: str) -> Reading:
+        return Reading(
+            code=code,
+            status=status_text,
+            summary=sign.summary,
+            meaning=sign.meaning,
+            advice=sign.advice,
+            source=sign.source,
+            basis=basis,
+            vendor=sign.vendor,
+            kind=kind,
+            status_meaning=status_meaning,
+        )
+
+    def from_status(entry: StatusEntry) -> Reading:
+        return Reading(
+            code=code,
+            status=entry.status,
+            summary=_status_summary(entry),
+            meaning=entry.meaning,
+            advice=entry.advice,
+            source=entry.source,
+            basis="status",
+            kind=kind,
+            status_meaning=status_meaning,
+        )
+
+    for sign in catalog.readings:
+        if sign.statuses and sign.holds(code, status_text, text):
+            return from_sign(sign, "vendor")
+    if status_entry is not None and _is_precise(status_entry):
+        return from_status(status_entry)
+    for sign in catalog.readings:
+        if not sign.statuses and sign.text is not None and sign.holds(code, status_text, text):
+            return from_sign(sign, "text")
+    if status_entry is not None and status_entry.registered and status_entry.status[2:] == "7.1":
+        return from_status(status_entry)
+    entry = catalog.codes.get(code) if code is not None else None
+    if entry is not None:
+        return Reading(
+            code=code,
+            status=status_text,
+            summary=entry.summary,
+            meaning=entry.meaning,
+            advice=entry.advice,
+            source=entry.source,
+            basis="code",
+            kind=kind,
+            status_meaning=status_meaning,
+        )
+    if status_entry is not None:
+        return from_status(status_entry)
+    meaning = digits_meaning(code) if code is not None else ""
+    return Reading(
+        code=code,
+        status=status_text,
+        summary=_KIND_NAMES["en"].get(kind, kind),
+        meaning=" ".join(meaning.split()),
+        advice="",
+        source="RFC 5321 section 4.2.1",
+        basis="digits",
+        kind=kind,
+    )
+
+
 # --------------------------------------------------------------------------- explain
 
 _LABELS: Mapping[str, Mapping[str, str]] = {
@@ -346,6 +526,11 @@ _LABELS: Mapping[str, Mapping[str, str]] = {
         "reply": "Reply",
         "status": "Enhanced status",
         "used_with": "Usually with",
+        "read_from": "Read from",
+        "vendor_use": "Vendor use",
+        "basis_vendor": "{vendor}'s use of this status and the reply's text",
+        "basis_vendor_text": "the reply's text, as {vendor} words it",
+        "basis_text": "the reply's text",
         "digits": "not in the catalog; its digits say (RFC 5321 section 4.2.1)",
         "unknown_status": "not a registered detail; its subject says",
         "retry_yes": "yes, later: nothing needs to change for it to work",
@@ -371,6 +556,11 @@ _LABELS: Mapping[str, Mapping[str, str]] = {
         "reply": "Réponse",
         "status": "Statut étendu",
         "used_with": "Souvent avec",
+        "read_from": "Lu dans",
+        "vendor_use": "Usage éditeur",
+        "basis_vendor": "l'usage de ce statut par {vendor} et le texte de la réponse",
+        "basis_vendor_text": "le texte de la réponse, tel que {vendor} le formule",
+        "basis_text": "le texte de la réponse",
         "digits": "absent du catalogue ; ses chiffres disent (RFC 5321, section 4.2.1)",
         "unknown_status": "détail non enregistré ; son sujet dit",
         "retry_yes": "oui, plus tard : rien n'a besoin de changer pour que cela marche",
@@ -525,9 +715,17 @@ def _explain_status(status_text: str, lang: str, code_class: str | None = None) 
             stages_by_code.setdefault(reply_code, [])
             if stage is not None:
                 stages_by_code[reply_code].append(_stage_name(stage, lang))
+
+        # The codes the RFCs pair with this status first, vendors' private codes after; among
+        # them, codes that carry it by default before those that carry it at some stages only.
+        def rfc_first(item: tuple[int, list[str]]) -> tuple[bool, bool, int]:
+            entry = code(item[0])
+            vendor = entry is None or not entry.source.startswith("RFC")
+            return (vendor, bool(item[1]), item[0])
+
         used = [
             f"{c} ({labels['at']} {', '.join(stages)})" if stages else str(c)
-            for c, stages in stages_by_code.items()
+            for c, stages in sorted(stages_by_code.items(), key=rfc_first)
         ]
         if used:
             out.append(_field(labels["used_with"], "; ".join(used)))
@@ -538,9 +736,37 @@ def _explain_status(status_text: str, lang: str, code_class: str | None = None) 
                 labels["mismatch"].format(status_class=entry.status[0], code_class=code_class),
             )
         )
+    out.extend(
+        _field(labels["vendor_use"], f"{sign.vendor}: {sign.summary}. {sign.advice}")
+        for sign in signs_for_status(entry.status)
+    )
     if entry.source:
         out.append(_field(labels["source"], entry.source))
     return out
+
+
+def _explain_reading(query: _Query, lang: str) -> list[str]:
+    """The lead block for a pasted reply whose wording (or vendor) says more than its codes."""
+    reply_text = " ".join(query.reply.split()) if query.reply else ""
+    reading = read_reply(query.code, query.status, reply_text)
+    if reading.basis not in ("vendor", "text"):
+        return []
+    labels = _LABELS[lang]
+    if reading.basis == "vendor":
+        basis = labels["basis_vendor"].format(vendor=reading.vendor)
+    elif reading.vendor:
+        basis = labels["basis_vendor_text"].format(vendor=reading.vendor)
+    else:
+        basis = labels["basis_text"]
+    kind = _KIND_NAMES[lang].get(reading.kind, reading.kind)
+    return [
+        f"{reading.summary} ({kind})" if kind else reading.summary,
+        _field(labels["read_from"], basis),
+        _field(labels["meaning"], reading.meaning),
+        _field(labels["advice"], reading.advice),
+        _field(labels["source"], reading.source),
+        "",
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,14 +840,17 @@ def explain(arg: str, lang: str = "en") -> str:
             for line in query.reply.splitlines()[1:]
         )
         out.append("")
+    if query.reply is not None:
+        out.extend(_explain_reading(query, lang))
+    # The enhanced status first: it says more precisely than the code what went wrong.
+    if query.status is not None:
+        code_class = str(query.code)[0] if query.code is not None else None
+        out.extend(_explain_status(query.status, lang, code_class))
+        if query.code is not None:
+            out.append("")
     if query.code is not None:
         entry = code(query.code)
         out.extend(_explain_code(entry, lang) if entry else _explain_unknown_code(query.code, lang))
-    if query.status is not None:
-        if query.code is not None:
-            out.append("")
-        code_class = str(query.code)[0] if query.code is not None else None
-        out.extend(_explain_status(query.status, lang, code_class))
     return "\n".join(out)
 
 

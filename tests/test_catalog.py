@@ -265,7 +265,7 @@ def test_explain_a_transient_code_says_retry() -> None:
 def test_explain_a_status() -> None:
     text = catalog.explain("5.1.1")
     assert text.splitlines()[0] == "Enhanced status 5.1.1: Addressing status (permanent failure)"
-    assert "Usually with: 511; 550" in text
+    assert "Usually with: 550; 511" in text  # the RFC's code first, the vendors' after
 
 
 def test_explain_a_pasted_reply() -> None:

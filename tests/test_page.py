@@ -112,7 +112,8 @@ def test_sessions_drawn_as_conversations(browser: Any) -> None:
         if catalog_available():
             assert reply.locator(".explain .summary").inner_text().strip()
             assert reply.locator(".explain .advice").inner_text().strip()
-            assert "5.1.1" in reply.locator(".explain .status-meaning").inner_text()
+            summary = reply.locator(".explain .summary").inner_text()
+            assert summary == "Bad destination mailbox address (from the enhanced status 5.1.1)"
         ended = page.locator(".ended").inner_text()
         assert "session ended: quit" in ended
         assert page.locator("#detail").inner_text().strip().endswith(ended)  # nothing stray after
@@ -139,3 +140,76 @@ def test_sessions_drawn_as_conversations(browser: Any) -> None:
         assert sessions.count() == 3
         page.close()
         assert problems == []
+
+
+LEARNER_SCENARIO = """
+name: learner
+rules:
+  - on: rcpt
+    match: {to: "*@greylisted.test"}
+    reply: "451 4.7.1 <{to}>: Recipient address rejected: Greylisted, try again later"
+  - on: rcpt
+    match: {to: "*@strict.test"}
+    reply: "550 5.7.26 <{to}>: message fails the DMARC policy of app.test"
+  - on: rcpt
+    match: {to: "*@busy.test"}
+    reply: "451 4.7.1 <{from}>: Sender rate limit exceeded, try again later"
+  - on: rcpt
+    match: {to: "*@full.test"}
+    reply: "452 4.2.2 <{to}>: Mailbox full"
+"""
+
+# What a learner must read next to each reply: (recipient, summary heading, words the advice
+# must hold, words it must not hold because they belong to another problem).
+LEARNER_CASES = [
+    (
+        "ann@greylisted.test",
+        "Greylisted, the first attempt is deferred on purpose (from the reply's text)",
+        "retry from the same IP address",
+        ("Local error", "relaying", "Delivery not authorized"),
+    ),
+    (
+        "dan@strict.test",
+        "Multiple authentication checks failed (from the enhanced status 5.7.26)",
+        "publish a DMARC record",
+        ("5.1.1", "remove or correct the address"),
+    ),
+    (
+        "ray@busy.test",
+        "Rate limited, too much too fast (from the reply's text)",
+        "fewer connections at once",
+        ("Local error", "relaying", "Delivery not authorized"),
+    ),
+    (
+        "fay@full.test",
+        "Mailbox full (from the enhanced status 4.2.2)",
+        "tell the recipient",
+        ("too many recipients", "Delivery not authorized"),
+    ),
+]
+
+
+def test_a_learner_reads_advice_that_matches_each_reply(browser: Any) -> None:
+    if not catalog_available():
+        pytest.skip("the reply catalog is not available")
+    with FakeSMTP(LEARNER_SCENARIO, api_port=0) as smtp:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            send(smtp, [case[0] for case in LEARNER_CASES], "Learning")
+        smtp.wait_for_sessions(1)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(f"http://127.0.0.1:{smtp.api_port}/")
+        page.locator("#sessions button").first.click()
+        for recipient, summary, advice, foreign in LEARNER_CASES:
+            reply = page.locator(".server", has_text=f"<{recipient.split('@')[0]}@")
+            if "busy" in recipient:  # the rate limit names the sender, not the recipient
+                reply = page.locator(".server", has_text="Sender rate limit exceeded")
+            reply.wait_for()
+            assert reply.locator(".explain .summary").inner_text() == summary
+            shown = reply.locator(".explain .advice").inner_text()
+            assert advice in shown
+            for word in foreign:
+                assert word not in shown, f"{recipient}: {word!r} does not belong in {shown!r}"
+                assert word not in summary
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-explanations.png"), full_page=True)
+        page.close()

@@ -127,19 +127,34 @@ async function refreshList() {
 
 // ------------------------------------------------------------------ one session
 
+// What the reply means, read from what it says (the API's explained_by): a vendor's known use
+// of the status, a precise status, recognisable wording, then the code. The registry's words
+// for the status stay under "More", so a broad status never contradicts the advice shown.
+const BASIS = {
+  vendor: (exchange) => `as ${exchange.vendor} uses ${exchange.status}`,
+  status: (exchange) => `from the enhanced status ${exchange.status}`,
+  text: (exchange) => (exchange.vendor ? `from the text, as ${exchange.vendor} words it` : "from the reply's text"),
+  code: (exchange) => `from the code ${exchange.code}`,
+};
+
 function explainBlock(exchange) {
-  if (!exchange.summary && !exchange.advice && !exchange.status_meaning) return null;
+  if (!exchange.summary && !exchange.advice) return null;
+  const basis = BASIS[exchange.explained_by];
+  const more = [
+    exchange.meaning ? el("p", { class: "meaning", text: exchange.meaning }) : null,
+    exchange.status_meaning && exchange.explained_by !== "status"
+      ? el("p", { class: "status-meaning", text: `${exchange.status} in RFC 3463: ${exchange.status_meaning}` })
+      : null,
+    exchange.source ? el("p", { class: "source", text: `Source: ${exchange.source}` }) : null,
+  ].filter(Boolean);
   return el(
     "div",
-    { class: "explain" },
-    exchange.summary ? el("div", { class: "summary", text: exchange.summary }) : null,
-    exchange.status_meaning
-      ? el("div", { class: "status-meaning", text: `${exchange.status}: ${exchange.status_meaning}` })
+    { class: "explain", "data-basis": exchange.explained_by || "" },
+    exchange.summary
+      ? el("div", { class: "summary" }, exchange.summary, basis ? el("span", { class: "basis", text: ` (${basis(exchange)})` }) : null)
       : null,
     exchange.advice ? el("div", { class: "advice", text: exchange.advice }) : null,
-    exchange.meaning
-      ? el("details", {}, el("summary", { text: "More" }), el("p", { class: "meaning", text: exchange.meaning }))
-      : null,
+    more.length ? el("details", {}, el("summary", { text: "More" }), ...more) : null,
   );
 }
 
