@@ -127,6 +127,14 @@ def main() -> None:
 @click.option("--ehlo", metavar="CODE|REPLY", help="Answer HELO and EHLO with this reply.")
 @click.option("--lmtp", is_flag=True, help="Speak LMTP (RFC 2033): LHLO, one reply per recipient.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per exchange on the console.")
+@click.option(
+    "--loop",
+    "loop_kind",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="Event loop: uvloop when installed (pip install 'fakesmtp[fast]'), else asyncio's.",
+)
 def serve(
     scenario: str | None,
     host: str,
@@ -141,6 +149,7 @@ def serve(
     ehlo: str | None,
     lmtp: bool,
     quiet: bool,
+    loop_kind: str,
 ) -> None:
     """Serve SMTP as the scenario says, printing one line per exchange.
 
@@ -171,7 +180,7 @@ def serve(
         )
     except ScenarioError as error:
         raise BadInput(str(error)) from None
-    run_server(server)
+    run_server(server, loop_kind)
 
 
 def raise_open_file_limit() -> None:
@@ -191,9 +200,15 @@ def raise_open_file_limit() -> None:
         pass  # not on this platform, or not allowed: keep what we have
 
 
-def run_server(server: FakeSMTP) -> None:
+def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
     """Run in the foreground until Ctrl-C or SIGTERM, then shut down cleanly (exit 0)."""
+    from .eventloop import LoopUnavailable, loop_factory, loop_name
+
     raise_open_file_limit()
+    try:
+        new_loop = loop_factory(loop_kind)
+    except LoopUnavailable as error:
+        raise BadInput(str(error)) from None
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -214,7 +229,10 @@ def run_server(server: FakeSMTP) -> None:
         )
         smtps = f", SMTPS on {server.host}:{server.tls_port}" if server.tls_port else ""
         protocol = "LMTP" if server.lmtp else "SMTP"
-        click.echo(f"fakesmtp {__version__}: {protocol} on {server.host}:{server.port}{smtps}{api}")
+        uvloop = " (uvloop)" if loop_name(loop) == "uvloop" else ""
+        click.echo(
+            f"fakesmtp {__version__}: {protocol} on {server.host}:{server.port}{smtps}{api}{uvloop}"
+        )
         click.echo(
             f"scenario: {scenario.name} ({len(scenario.rules)} rules"
             f"{', address-driven replies' if scenario.server.address_replies else ''})"
@@ -224,7 +242,8 @@ def run_server(server: FakeSMTP) -> None:
         await task
 
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(run())
     except OSError as error:
         raise BadInput(f"cannot listen: {error.strerror or error}") from None
     click.echo("fakesmtp: stopped")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import ssl
 import sys
@@ -193,6 +194,7 @@ class FakeSMTP:
     ``port=0`` picks a free port; read it back from ``.port``. ``api_port`` starts the HTTP API
     too (0 = a free port). ``store`` is a directory to keep messages in across restarts.
     ``lmtp=True`` speaks LMTP (RFC 2033) instead: LHLO, and one reply per recipient.
+    ``loop="uvloop"`` runs the background thread's loop on uvloop (``"auto"``: when installed).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class FakeSMTP:
         max_messages: int = 10_000,
         max_sessions: int = 10_000,
         lmtp: bool = False,
+        loop: str = "asyncio",
     ) -> None:
         overrides = []
         if banner is not None:
@@ -232,6 +235,7 @@ class FakeSMTP:
         self._max_messages = max_messages
         self._max_sessions = max_sessions
         self.lmtp = lmtp
+        self._loop_kind = loop
         self._cert, self._key = cert, key
         self._echo = echo
         self.store: MemoryStore | None = None
@@ -301,11 +305,14 @@ class FakeSMTP:
                 servers.append(tls_server)
                 self.tls_port = tls_server.sockets[0].getsockname()[1]
             if self.api_port is not None:
-                from .api import start_api
                 from .metrics import Metrics
 
                 self.metrics = Metrics()  # counted from now on, shown on the API's /metrics
                 self.store.subscribe(self.metrics.observe)
+                # aiohttp takes longer to import than all of the rest: import it in a thread,
+                # while this loop already greets SMTP clients (start-up is "ready" sooner).
+                api = await loop.run_in_executor(None, importlib.import_module, "fakesmtp.api")
+                start_api = api.start_api
 
                 self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
         except BaseException:
@@ -329,10 +336,13 @@ class FakeSMTP:
 
     def start(self) -> FakeSMTP:
         """Start in a background thread; returns once the listeners accept connections."""
+        from .eventloop import loop_factory
+
         ready = threading.Event()
+        new_loop = loop_factory(self._loop_kind)
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = new_loop()
             asyncio.set_event_loop(loop)
             self._stopped = asyncio.Event()
             try:
