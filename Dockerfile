@@ -12,6 +12,12 @@ RUN pip install --no-cache-dir . && rm -rf /src
 USER 10001
 WORKDIR /home/fakesmtp
 EXPOSE 1025 8025
+# The API answers other containers by the names given in FAKESMTP_SERVE_API_ALLOW_HOST (e.g. the
+# service name, space-separated) and wants FAKESMTP_SERVE_API_TOKEN when that is set; the health
+# check sends the same token.
 HEALTHCHECK --interval=10s --timeout=3s \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8025/api/v1/health', timeout=2)"]
+  CMD ["python", "-c", "import os, urllib.request as u; t = os.environ.get('FAKESMTP_SERVE_API_TOKEN'); u.urlopen(u.Request('http://127.0.0.1:8025/api/v1/health', headers={'Authorization': 'Bearer ' + t} if t else {}), timeout=2)"]
+# One console line per session: a container left running for hours should not log every
+# command. FAKESMTP_SERVE_LOG=exchange brings back a line per exchange.
+ENV FAKESMTP_SERVE_LOG=session
 CMD ["fakesmtp", "serve", "--host", "0.0.0.0", "--port", "1025", "--api-port", "8025"]

@@ -20,11 +20,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, access
 from .metrics import serve_metrics
 from .scenario import Rule, Scenario, ScenarioError, builtin_scenarios, load_scenario_text
 from .store import CapturedMessage, Exchange, SessionRecord
@@ -79,7 +78,8 @@ def routes() -> list[tuple[str, str, Handler]]:
 
 async def start_api(fake: FakeSMTP, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve the API for ``fake`` on ``host:port`` (0 = a free port); returns (runner, port)."""
-    app = web.Application(middlewares=[json_errors, same_origin_writes])
+    # Access first: a request from a page that is not ours never reaches a handler.
+    app = web.Application(middlewares=[access.guard(fake.api_access), json_errors])
     app[FAKE] = fake
     app[STOPPING] = asyncio.Event()
     for method, path, handler in routes():
@@ -127,22 +127,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:  # our bug: the client gets no traceback, the log gets one
         log.exception("internal error in %s %s", request.method, request.path)
         return _error(500, "internal error in fakesmtp; see the server log")
-
-
-@web.middleware
-async def same_origin_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse changes asked by another site's page (a browser sends Origin; curl does not).
-
-    The API listens on loopback, where any page the user visits could otherwise POST a reset.
-    """
-    origin = request.headers.get("Origin")
-    if (
-        request.method not in ("GET", "HEAD", "OPTIONS")
-        and origin is not None
-        and urlsplit(origin).netloc != request.host
-    ):
-        raise ApiError(403, f"cross-origin {request.method} refused (Origin: {origin})")
-    return await handler(request)
 
 
 # --------------------------------------------------------------------------- query helpers
@@ -538,7 +522,7 @@ def scenario_json(scenario: Scenario) -> dict[str, Any]:
         "seed": scenario.seed,
         "address_replies": scenario.server.address_replies,
         "rules": [rule_json(rule) for rule in scenario.rules],
-        "text": scenario.text,
+        "text": scenario.public_text(),  # AUTH passwords blanked: secrets never leave
     }
 
 
@@ -549,7 +533,7 @@ async def get_scenario(request: web.Request) -> web.Response:
     if wanted == "yaml":
         if not scenario.text:
             raise ApiError(404, "this scenario was built in code: it has no YAML text")
-        return web.Response(text=scenario.text, content_type="application/yaml")
+        return web.Response(text=scenario.public_text(), content_type="application/yaml")
     if wanted != "json":
         raise ApiError(400, f"format must be json or yaml, not {wanted!r}")
     return web.json_response(scenario_json(scenario))
@@ -594,7 +578,10 @@ async def put_scenario(request: web.Request) -> web.Response:
                 raise ApiError(
                     400, "send the scenario (YAML or JSON) as the body, or ?builtin=NAME"
                 )
-            scenario = load_scenario_text(text, "<request>")
+            policy = fake.api_access
+            scenario = load_scenario_text(
+                text, "<request>", file_check=lambda name: access.file_allowed(policy, name)
+            )
     except ScenarioError as error:
         raise ApiError(400, "invalid scenario", problems=_problems(error)) from None
     # The command line's --banner / --ehlo stay first, as they do for FakeSMTP.use().

@@ -102,6 +102,26 @@ def main() -> None:
 )
 @click.option("--no-api", is_flag=True, help="Do not start the HTTP API and web page.")
 @click.option(
+    "--api-host",
+    metavar="HOST",
+    help="Address the API listens on. Default: the same as --host.",
+)
+@click.option(
+    "--api-token",
+    metavar="TOKEN",
+    help="Require `Authorization: Bearer TOKEN` on every API route "
+    "(the page asks for it, or open it as /#token=TOKEN).",
+)
+@click.option(
+    "--api-allow-host",
+    "api_allow_hosts",
+    metavar="NAME",
+    multiple=True,
+    envvar="FAKESMTP_SERVE_API_ALLOW_HOST",  # space-separated names
+    help="Another Host name the API answers to (e.g. a container's service name). "
+    "Always allowed: localhost and the addresses it listens on. Repeatable.",
+)
+@click.option(
     "--store",
     type=click.Path(file_okay=False),
     metavar="DIR",
@@ -135,12 +155,24 @@ def main() -> None:
     show_default=True,
     help="Event loop: uvloop when installed (pip install 'fakesmtp[fast]'), else asyncio's.",
 )
+@click.option(
+    "--log",
+    "log_each",
+    envvar="FAKESMTP_SERVE_LOG",
+    type=click.Choice(["exchange", "session"]),
+    default="exchange",
+    show_default=True,
+    help="Console: a line per SMTP exchange, or one per session when it ends.",
+)
 def serve(
     scenario: str | None,
     host: str,
     port: int,
     api_port: int,
     no_api: bool,
+    api_host: str | None,
+    api_token: str | None,
+    api_allow_hosts: tuple[str, ...],
     store: str | None,
     tls_port: int | None,
     cert: str | None,
@@ -150,6 +182,7 @@ def serve(
     lmtp: bool,
     quiet: bool,
     loop_kind: str,
+    log_each: str,
 ) -> None:
     """Serve SMTP as the scenario says, printing one line per exchange.
 
@@ -176,7 +209,11 @@ def serve(
             banner=banner,
             ehlo=ehlo,
             echo=not quiet,
+            echo_each=log_each,
             lmtp=lmtp,
+            api_host=api_host,
+            api_token=api_token,
+            api_allow_hosts=api_allow_hosts,
         )
     except ScenarioError as error:
         raise BadInput(str(error)) from None
@@ -227,6 +264,8 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
             if server.api_port is not None
             else ""
         )
+        if api and server.api_access.token:
+            api += " (token required)"  # never the token itself: consoles end up in CI logs
         smtps = f", SMTPS on {server.host}:{server.tls_port}" if server.tls_port else ""
         protocol = "LMTP" if server.lmtp else "SMTP"
         uvloop = " (uvloop)" if loop_name(loop) == "uvloop" else ""

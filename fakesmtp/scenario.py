@@ -8,7 +8,7 @@ value carries the line it came from for error messages.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -195,6 +195,15 @@ class Scenario:
     rules: tuple[Rule, ...] = ()
     source: str = "<code>"
     text: str = ""  # the YAML it came from, for GET /api/v1/scenario
+    # Where in `text` the AUTH passwords are: public_text() blanks them out.
+    secret_spans: tuple[tuple[int, int], ...] = ()
+
+    def public_text(self) -> str:
+        """``text`` with every AUTH password replaced: what the API may show."""
+        text = self.text
+        for start, end in sorted(self.secret_spans, reverse=True):
+            text = f"{text[:start]}'*****'{text[end:]}"
+        return text
 
     def rules_for(self, stage: Stage) -> tuple[Rule, ...]:
         return tuple(rule for rule in self.rules if rule.on is stage)
@@ -210,9 +219,11 @@ def _constructor() -> yaml.constructor.SafeConstructor:
 class _Reader:
     """Walks composed YAML nodes, turning mistakes into Problems instead of exceptions."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, file_check: Callable[[str], bool] | None = None) -> None:
         self.path = path
         self.problems: list[Problem] = []
+        self.file_check = file_check
+        self.secret_spans: list[tuple[int, int]] = []
         self._constructor = _constructor()
 
     def problem(self, node: yaml.Node | None, key: str, message: str, allowed: str = "") -> None:
@@ -348,8 +359,8 @@ def _default_reply_text(code: int, stage: Stage | None) -> tuple[str | None, str
 
 
 class _Builder:
-    def __init__(self, path: str) -> None:
-        self.read = _Reader(path)
+    def __init__(self, path: str, file_check: Callable[[str], bool] | None = None) -> None:
+        self.read = _Reader(path, file_check)
 
     # -- top level
     def scenario(self, root: yaml.Node | None, text: str) -> Scenario | None:
@@ -375,7 +386,7 @@ class _Builder:
             return None
         if "name" not in fields and r.path not in ("<code>", "<text>", "-"):
             fields["name"] = Path(r.path).stem
-        return Scenario(**fields)
+        return Scenario(secret_spans=tuple(r.secret_spans), **fields)
 
     def server(self, node: yaml.Node) -> ServerSettings:
         r = self.read
@@ -453,7 +464,17 @@ class _Builder:
                 value = r.scalar(value_node, where, (bool,), "true or false")
             else:
                 value = r.scalar(value_node, where, (str,), "a file path")
-                if value is not None and not Path(value).is_file():
+                if value is not None and r.file_check is not None and not r.file_check(value):
+                    # Checked before existence: an answer about any other path would tell a
+                    # client of the API which files the server has.
+                    r.problem(
+                        value_node,
+                        where,
+                        "only files in the directories this server was started with "
+                        "(its scenario's, --cert's) can be named here",
+                    )
+                    value = None
+                elif value is not None and not Path(value).is_file():
                     r.problem(value_node, where, f"no such file: {value}")
             if value is not None:
                 settings[key] = value
@@ -489,6 +510,9 @@ class _Builder:
             elif key == "users":
                 users: dict[str, str] = {}
                 for user, _, password_node in r.mapping(value_node, where, _AnyKey()):
+                    r.secret_spans.append(
+                        (password_node.start_mark.index, password_node.end_mark.index)
+                    )
                     password = r.scalar(password_node, f"{where}.{user}", (str, int), "a password")
                     if password is not None:
                         users[user] = str(password)
@@ -758,8 +782,14 @@ def _compose(text: str) -> yaml.Node | None:
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
-def load_scenario_text(text: str, source: str = "<text>") -> Scenario:
-    """Build a Scenario from YAML text; raise ScenarioError listing every problem."""
+def load_scenario_text(
+    text: str, source: str = "<text>", *, file_check: Callable[[str], bool] | None = None
+) -> Scenario:
+    """Build a Scenario from YAML text; raise ScenarioError listing every problem.
+
+    ``file_check(path)`` says whether a file the scenario names (``tls.cert``) may be read;
+    the API passes one so a client cannot make the server read, or probe, other files.
+    """
     try:
         root = _compose(text)
     except yaml.YAMLError as error:
@@ -776,7 +806,7 @@ def load_scenario_text(text: str, source: str = "<text>") -> Scenario:
             column=mistake.column if excerpt else None,
         )
         raise ScenarioError([problem]) from None
-    builder = _Builder(source)
+    builder = _Builder(source, file_check)
     scenario = builder.scenario(root, text)
     if builder.read.problems or scenario is None:
         raise ScenarioError(builder.read.problems)

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from .access import ApiAccess
 from .engine import Engine
 from .scenario import Rule, Scenario, load_scenario, quick_rule, with_rules_first
 from .smtp import Profile, ScenarioSMTP
@@ -125,10 +126,15 @@ class Runtime:
 
 
 class ConsoleLine:
-    """One line per exchange on the console: cheap to skip (--quiet), one write per line."""
+    """One line per exchange on the console: cheap to skip (--quiet), one write per line.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    ``each="session"`` writes one line per session instead, when it ends: what a service
+    container left running for hours should log.
+    """
+
+    def __init__(self, stream: TextIO | None = None, each: str = "exchange") -> None:
         self.stream = stream or sys.stdout
+        self.per_session = each == "session"
         self.broken = False
         # Asked once: a terminal gets each line at once, a pipe or file is written in blocks.
         try:
@@ -149,7 +155,11 @@ class ConsoleLine:
             self.broken = True
 
     def _write(self, kind: str, item: Any) -> None:
-        if kind == "exchange":
+        if self.per_session:
+            if kind != "ended":
+                return
+            self.stream.write(self.summary(item) + "\n")
+        elif kind == "exchange":
             session, exchange = item
             self.stream.write(self.format(session, exchange) + "\n")
         elif kind == "ended":
@@ -164,6 +174,18 @@ class ConsoleLine:
             return
         if self.interactive:
             self.stream.flush()
+
+    @staticmethod
+    def summary(session: SessionRecord) -> str:
+        """One line for a whole session: who, how many exchanges and messages, the last reply."""
+        count = len(session.exchanges) + session.exchanges_dropped
+        last = next((e.reply for e in reversed(session.exchanges) if e.reply), None)
+        last_reply = f", last reply {last.splitlines()[-1][:60]!r}" if last else ""
+        return (
+            f"{_clock(session.ended_at)} [{session.id}] {session.client} "
+            f"helo={session.helo or '-'}: {count} exchange(s), "
+            f"{len(session.message_ids)} message(s){last_reply}; ended: {session.end}"
+        )
 
     @staticmethod
     def format(session: SessionRecord, exchange: Exchange) -> str:
@@ -195,6 +217,8 @@ class FakeSMTP:
     too (0 = a free port). ``store`` is a directory to keep messages in across restarts.
     ``lmtp=True`` speaks LMTP (RFC 2033) instead: LHLO, and one reply per recipient.
     ``loop="uvloop"`` runs the background thread's loop on uvloop (``"auto"``: when installed).
+    ``api_token`` makes every API route ask for ``Authorization: Bearer TOKEN``;
+    ``api_allow_hosts`` adds host names the API answers to (besides localhost and its addresses).
     """
 
     def __init__(
@@ -212,10 +236,13 @@ class FakeSMTP:
         banner: str | int | None = None,
         ehlo: str | int | None = None,
         echo: bool | TextIO = False,
+        echo_each: str = "exchange",
         max_messages: int = 10_000,
         max_sessions: int = 10_000,
         lmtp: bool = False,
         loop: str = "asyncio",
+        api_token: str | None = None,
+        api_allow_hosts: tuple[str, ...] | list[str] = (),
     ) -> None:
         overrides = []
         if banner is not None:
@@ -231,6 +258,13 @@ class FakeSMTP:
         self.tls_port = tls_port
         self.api_port = api_port
         self.api_host = api_host or host
+        # Host names, token, readable directories: see access.py. The token is kept only here.
+        self.api_access = ApiAccess.build(
+            token=api_token,
+            allow_hosts=api_allow_hosts,
+            bound_host=self.api_host,
+            files=(self._initial.source, cert, key),
+        )
         self._store_dir = store
         self._max_messages = max_messages
         self._max_sessions = max_sessions
@@ -238,6 +272,7 @@ class FakeSMTP:
         self._loop_kind = loop
         self._cert, self._key = cert, key
         self._echo = echo
+        self._echo_each = echo_each
         self.store: MemoryStore | None = None
         self.runtime: Runtime | None = None
         self._servers: list[asyncio.base_events.Server] = []
@@ -272,7 +307,7 @@ class FakeSMTP:
         self.runtime = Runtime(self._initial, self.store, loop, cert=self._cert, key=self._key)
         if self._echo:
             stream = self._echo if not isinstance(self._echo, bool) else None
-            self.store.subscribe(ConsoleLine(stream))
+            self.store.subscribe(ConsoleLine(stream, self._echo_each))
         runtime = self.runtime
         session_class: type[ScenarioSMTP] = ScenarioSMTP
         if self.lmtp:

@@ -30,8 +30,51 @@ function el(tag, props, ...children) {
   return node;
 }
 
+// With `fakesmtp serve --api-token T`, every API call carries `Authorization: Bearer T`.
+// The token comes from the address (`/#token=T`, removed from it at once so it is not left in
+// history or shown on screen) or from a prompt after a 401, and is kept in sessionStorage: it
+// lives as long as this tab, and no other site can read it (unlike a cookie, it is never sent
+// by the browser on its own, so another page cannot make use of it).
+const TOKEN_KEY = "fakesmtp-api-token";
+
+function takeTokenFromAddress() {
+  const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!match) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+  const rest = location.hash.replace(/(^#|&)token=[^&]*/, "$1").replace(/^#&?$/, "");
+  history.replaceState(null, "", location.pathname + location.search + rest);
+}
+takeTokenFromAddress();
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+let asking = null; // one prompt at a time, however many requests got a 401
+
+function askForToken() {
+  if (!asking) {
+    asking = new Promise((resolve) => {
+      const token = window.prompt("This fakesmtp API needs its token (--api-token):");
+      if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+      resolve(Boolean(token));
+      setTimeout(() => (asking = null), 0);
+    });
+  }
+  return asking;
+}
+
+async function authorizedFetch(url, options) {
+  const send = () =>
+    fetch(url, { cache: "no-store", ...options, headers: { ...(options?.headers || {}), ...authHeaders() } });
+  let response = await send();
+  if (response.status === 401 && (await askForToken())) response = await send();
+  return response;
+}
+
 async function api(path, options) {
-  const response = await fetch(API + path, { cache: "no-store", ...options });
+  const response = await authorizedFetch(API + path, options);
   const data = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
   return data;
@@ -295,7 +338,16 @@ async function openMessage(id) {
   }
   const node = document.getElementById("message-template").content.firstElementChild.cloneNode(true);
   node.querySelector(".subject").textContent = message.subject ?? "(no subject)";
-  node.querySelector(".raw").href = `${API}/messages/${encodeURIComponent(id)}/raw`;
+  const raw = node.querySelector(".raw");
+  raw.href = `${API}/messages/${encodeURIComponent(id)}/raw`;
+  // A link cannot carry the token: with one, fetch the bytes and show them from memory.
+  raw.addEventListener("click", async (event) => {
+    if (!sessionStorage.getItem(TOKEN_KEY)) return;
+    event.preventDefault();
+    const response = await authorizedFetch(raw.href);
+    const blob = new Blob([await response.arrayBuffer()], { type: "text/plain" });
+    window.open(URL.createObjectURL(blob), "_blank", "noopener");
+  });
   node.querySelector(".close").addEventListener("click", () => {
     state.openMessage = null;
     view.replaceChildren();
