@@ -73,6 +73,10 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("POST", "/api/v1/reset", reset),
         ("GET", "/api/v1/catalog/{code}", explain_code),
         ("GET", "/metrics", serve_metrics),  # Prometheus
+        # Rules added at run time, and Mailpit's and MailHog's APIs: their own modules.
+        *rules_api.routes(),
+        *mailpit.routes(),
+        *mailhog.routes(),
     ]
 
 
@@ -82,6 +86,7 @@ async def start_api(fake: FakeSMTP, host: str, port: int) -> tuple[web.AppRunner
     app = web.Application(middlewares=[access.guard(fake.api_access), json_errors])
     app[FAKE] = fake
     app[STOPPING] = asyncio.Event()
+    mailpit.setup(app)
     for method, path, handler in routes():
         app.router.add_route(method, path, handler)
     app.router.add_static("/static/", STATIC)
@@ -241,19 +246,15 @@ def _newest_first(items: Iterable[Any], limit: int | None) -> list[Any]:
 
 
 async def list_messages(request: web.Request) -> web.Response:
+    """Newest first, ``start`` and ``limit`` paging; ours and Mailpit's fields in one answer."""
     store = _store(request)
     limit = _int(request, "limit", None)
+    start = _int(request, "start", 0) or 0
     match = message_filter(request)
     everything = store.messages()
-    found = [m for m in everything if match is None or match(m)]
-    shown = _newest_first(found, limit)
-    return web.json_response(
-        {
-            "total": len(everything),
-            "count": len(found),
-            "messages": [m.to_json() for m in shown],
-        }
-    )
+    found = [m for m in everything if match is None or match(m)][::-1]
+    shown = found[start:] if limit is None else found[start : start + limit]
+    return web.json_response(mailpit.listing(request, everything, found, shown, start))
 
 
 async def wait_messages(request: web.Request) -> web.Response:
@@ -311,7 +312,14 @@ async def get_raw(request: web.Request) -> web.Response:
 
 
 async def delete_messages(request: web.Request) -> web.Response:
+    """All messages, or those a Mailpit client names: ``{"IDs": [...]}``.
+
+    JSON for every client: Mailpit's reads the body as text, MailHog's parses it.
+    """
     store = _store(request)
+    ids = await mailpit.requested_ids(request)
+    if ids:
+        return web.json_response({"deleted": len(store.delete_messages(ids))})
     deleted = store.count()
     store.clear(messages=True, sessions=False)
     return web.json_response({"deleted": deleted})
@@ -584,13 +592,12 @@ async def put_scenario(request: web.Request) -> web.Response:
             )
     except ScenarioError as error:
         raise ApiError(400, "invalid scenario", problems=_problems(error)) from None
-    # The command line's --banner / --ehlo stay first, as they do for FakeSMTP.use().
-    scenario = fake._load(scenario)
-    runtime = fake.runtime
-    if runtime is None:
+    if fake.runtime is None:
         raise ApiError(503, "the SMTP server is not running")
     try:
-        runtime.use(scenario)  # we are on the server's loop: the swap is atomic
+        # On the server's loop the swap is atomic; --banner / --ehlo stay first, and the rules
+        # added at run time go with the old scenario, as FakeSMTP.use() does for Python.
+        scenario = fake.use(scenario)
     except (OSError, ssl.SSLError, ValueError) as error:
         raise ApiError(400, f"cannot use this scenario: {error}") from None
     return web.json_response(scenario_json(scenario))
@@ -605,11 +612,13 @@ async def reset(request: web.Request) -> web.Response:
     restore = _flag(request, "scenario")
     done = ["counters", "errors"]
     if restore:
-        runtime = fake.runtime
-        if runtime is not None:
-            runtime.use(fake.initial_scenario)
+        fake.use(fake.initial_scenario)
         done.append("scenario")
     fake.reset(messages=forget, sessions=forget)
     if forget:
         done.append("store")
     return web.json_response({"reset": done, "at": time.time()})
+
+
+# Last: these modules read this one's names (FAKE, ApiError, Handler) when they load.
+from . import mailhog, mailpit, rules_api  # noqa: E402

@@ -128,10 +128,11 @@ Steps = Generator[Count, int, "Decision | None"]
 class _State:
     """The mutable side of one scenario: reset() replaces it in one assignment."""
 
-    __slots__ = ("by_stage", "checks", "held", "index", "rng", "scenario")
+    __slots__ = ("by_stage", "checks", "held", "index", "keys", "rng", "scenario")
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, previous: _State | None = None) -> None:
         self.scenario = scenario
+        self.keys = _counter_keys(scenario, previous)
         self.by_stage: dict[Stage, tuple[Rule, ...]] = {}
         for rule in scenario.rules:
             self.by_stage[rule.on] = (*self.by_stage.get(rule.on, ()), rule)
@@ -169,6 +170,16 @@ class Engine:
         """Forget every count and reseed the generator, keeping the scenario."""
         self.counters.clear()
         self._state = _State(self._state.scenario)  # per-connection counts belong to the old one
+
+    def keep_counts_of(self, previous: Engine) -> None:
+        """Take over ``previous``'s counts for the rules both scenarios share (the same objects).
+
+        Adding or removing one rule at run time must not restart the others' ``times``/``after``
+        (a greylisting triplet, a ``times: 1`` that already fired), nor the random sequence.
+        """
+        self._state = _State(self._state.scenario, previous._state)
+        self._state.rng = previous._state.rng
+        self.counters = previous.counters
 
     def has_rules(self, stage: Stage) -> bool:
         return stage in self._state.by_stage
@@ -238,7 +249,7 @@ class Engine:
             if facts.counters is None or facts.counters_of is not state:
                 facts.counters, facts.counters_of = MemoryCounters(max_keys=1024), state
             return Count(facts.counters, str(index), rule.within, limit)
-        key = f"{index}\x1f{_count_key(rule.per, stage, facts)}"
+        key = f"{state.keys[id(rule)]}\x1f{_count_key(rule.per, stage, facts)}"
         return Count(self.counters, key, rule.within, limit)
 
     def why_not(self, stage: Stage, facts: Facts, limit: int = 3) -> str | None:
@@ -275,6 +286,26 @@ class Engine:
 
     def _failed_keys(self, rule: Rule, stage: Stage, facts: Facts) -> list[str]:
         return [key for key, check in self._state.checks[id(rule)] if not check(stage, facts)]
+
+
+def _counter_keys(scenario: Scenario, previous: _State | None) -> dict[int, str]:
+    """A name per rule for its counters: its position, the same in every process; rules kept
+    from ``previous`` (a rule added or removed at run time) keep the name they had.
+    """
+    keys: dict[int, str] = {}
+    if previous is not None:
+        keys = {id(r): previous.keys[id(r)] for r in scenario.rules if id(r) in previous.keys}
+    used = set(keys.values())
+    for n, rule in enumerate(scenario.rules):
+        if id(rule) in keys:
+            continue
+        key, again = str(n), 0
+        while key in used:  # a position a kept rule's name already holds
+            again += 1
+            key = f"{n}.{again}"
+        keys[id(rule)] = key
+        used.add(key)
+    return keys
 
 
 def _all_hold(checks: tuple[tuple[str, Check], ...], stage: Stage, facts: Facts) -> bool:

@@ -905,3 +905,23 @@ def quick_rule(stage: Stage | str, reply: str | int, *, name: str = "") -> Rule:
 def with_rules_first(scenario: Scenario, rules: tuple[Rule, ...]) -> Scenario:
     """The same scenario with ``rules`` tried before its own."""
     return replace(scenario, rules=(*rules, *scenario.rules))
+
+
+def load_rule_text(text: str, source: str = "<rule>") -> Rule:
+    """One rule from YAML or JSON text (a scenario's ``rules:`` item), validated as in a file.
+
+    Errors name the lines of ``text`` itself: it is placed under ``rules:`` two lines down.
+    """
+    body = "".join("    " + line for line in text.splitlines(True))
+    try:
+        scenario = load_scenario_text("rules:\n  -\n" + body, source)
+    except ScenarioError as error:
+        problems = [
+            replace(p, line=max(p.line - 2, 1), key=p.key.replace("rules[0]", "rule"))
+            for p in error.problems
+        ]
+        raise ScenarioError(problems) from None
+    if len(scenario.rules) != 1:
+        raise ScenarioError([Problem(source, 1, "rule", "send exactly one rule (a mapping)")])
+    rule = scenario.rules[0]
+    return replace(rule, source=replace(rule.source, line=max(rule.source.line - 2, 1)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
 import ssl
 import sys
@@ -22,7 +23,14 @@ from typing import Any, TextIO
 
 from .access import ApiAccess
 from .engine import Engine
-from .scenario import Rule, Scenario, load_scenario, quick_rule, with_rules_first
+from .scenario import (
+    Rule,
+    Scenario,
+    load_rule_text,
+    load_scenario,
+    quick_rule,
+    with_rules_first,
+)
 from .smtp import Profile, ScenarioSMTP
 from .stages import Stage
 from .store import CapturedMessage, DirStore, Exchange, MemoryStore, SessionRecord
@@ -76,13 +84,17 @@ class Runtime:
     def scenario(self) -> Scenario:
         return self.profile.scenario
 
-    def use(self, scenario: Scenario) -> None:
+    def use(self, scenario: Scenario, keep_counts: bool = False) -> None:
         """Swap the scenario (on the loop thread): the next command of every session sees it.
 
         One assignment swaps settings and rules together; a command already under way keeps
-        the profile (and engine) it began with.
+        the profile (and engine) it began with. ``keep_counts``: rules the two scenarios share
+        keep their times/after counts (a rule added or removed at run time).
         """
-        self.profile = self._profile(scenario)  # may build a certificate: before the swap
+        profile = self._profile(scenario)  # may build a certificate: before the swap
+        if keep_counts:
+            profile.engine.keep_counts_of(self.profile.engine)
+        self.profile = profile
 
     def session_opened(self, session: ScenarioSMTP) -> bool:
         """Register a session; True when it is over the connection limit."""
@@ -251,7 +263,10 @@ class FakeSMTP:
             overrides.append(quick_rule(Stage.HELO, ehlo, name="--ehlo"))
             overrides.append(quick_rule(Stage.EHLO, ehlo, name="--ehlo"))
         self._overrides = tuple(overrides)
-        self._added_rules = 0  # rules added with on(), right after the overrides
+        # Rules added at run time (on(), add_rule(), the API), by id, tried right after the
+        # overrides and before the scenario's own; use() starts over.
+        self._added: dict[str, Rule] = {}
+        self._rule_ids = itertools.count(1)
         self._initial = self._load(scenario)
         self.host = host
         self.port = port
@@ -544,7 +559,7 @@ class FakeSMTP:
     def use(self, scenario: ScenarioSpec) -> Scenario:
         """Swap the scenario now; raises ScenarioError (and keeps the old one) when invalid."""
         loaded = self._load(scenario)
-        self._added_rules = 0
+        self._added = {}
         if self.runtime is None:
             self._initial = loaded
         else:
@@ -568,11 +583,48 @@ class FakeSMTP:
         """
         return RuleBuilder(self, stage, options)
 
-    def _add_rule(self, rule: Rule) -> None:
+    def add_rule(self, rule: Rule | Mapping[str, Any] | str) -> str:
+        """Add one rule at run time, tried before the scenario's own; returns its id.
+
+        ``rule`` is a ``Rule``, a dict, or YAML/JSON text of one scenario rule, validated as in a
+        file (ScenarioError otherwise). Rules added earlier are tried first. The other rules keep
+        their counts, so ``times: 1`` means "the next one fails"::
+
+            rule_id = smtp.add_rule({"on": "end_of_data", "times": 1, "reply": 451})
+        """
+        if isinstance(rule, str):
+            rule = load_rule_text(rule, "<rule>")
+        elif not isinstance(rule, Rule):
+            rule = load_scenario({"rules": [dict(rule)]}).rules[0]
+        rule_id = str(next(self._rule_ids))
+        self._change_added({**self._added, rule_id: rule})
+        return rule_id
+
+    def added_rules(self) -> dict[str, Rule]:
+        """The rules added at run time, by id, in the order they are tried."""
+        return dict(self._added)
+
+    def remove_rule(self, rule_id: str) -> Rule:
+        """Take out one added rule; KeyError when there is none with this id."""
+        remaining = dict(self._added)
+        rule = remaining.pop(rule_id)
+        self._change_added(remaining)
+        return rule
+
+    def _change_added(self, added: dict[str, Rule]) -> None:
         current = self.scenario
-        at = len(self._overrides) + self._added_rules
-        self.use(replace(current, rules=(*current.rules[:at], rule, *current.rules[at:])))
-        self._added_rules = at - len(self._overrides) + 1
+        first = len(self._overrides)
+        own = current.rules[first + len(self._added) :]
+        changed = replace(current, rules=(*current.rules[:first], *added.values(), *own))
+        if self.runtime is None:
+            self._initial = changed
+        else:
+            runtime = self.runtime
+            self._on_loop(lambda: runtime.use(changed, keep_counts=True))
+        self._added = added
+
+    def _add_rule(self, rule: Rule) -> None:
+        self.add_rule(rule)
 
     def reset(self, messages: bool = True, sessions: bool = True) -> None:
         """Forget counters (times/after, the random generator) and, by default, what was stored."""

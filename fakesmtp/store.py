@@ -250,6 +250,11 @@ class MemoryStore:
             if sessions:
                 self._sessions.clear()
 
+    def delete_messages(self, ids: list[str]) -> list[str]:
+        """Forget these messages (unknown ids are skipped); returns the ids that were deleted."""
+        with self._lock:
+            return [i for i in dict.fromkeys(ids) if self._messages.pop(i, None) is not None]
+
     def wait_for(self, count: int, timeout: float) -> list[CapturedMessage]:
         """Block this thread until ``count`` messages are stored, or raise TimeoutError."""
         deadline = time.monotonic() + timeout
@@ -408,6 +413,13 @@ class DirStore(MemoryStore):
             asyncio.get_running_loop().run_in_executor(None, _write_durably, path, data)
         except RuntimeError:  # no running loop: write now
             _write_durably(path, data)
+
+    def delete_messages(self, ids: list[str]) -> list[str]:
+        deleted = super().delete_messages(ids)
+        for message_id in deleted:
+            for suffix in (".json", ".eml"):  # the .json first: it is only ever beside an .eml
+                (self._message_dir / f"{message_id}{suffix}").unlink(missing_ok=True)
+        return deleted
 
     def clear(self, messages: bool = True, sessions: bool = True) -> None:
         super().clear(messages, sessions)
