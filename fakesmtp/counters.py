@@ -14,14 +14,20 @@ Memory is bounded two ways (a server left running for days must not grow without
   dropped once its whole window has passed without a hit; the total number of timestamps held
   is capped by ``max_events`` (least recently counted keys go first).
 
-``SessionGauge`` counts what is open right now (sessions per server, client or sender): it goes
-up when a session opens and down when it ends, so it is exact as sessions come and go.
+``SessionGauge`` counts what is open right now: it goes up when a session opens and down when it
+ends, so it is exact as sessions come and go. ``OpenSessions`` uses it to answer ``concurrent``
+conditions per server, client address or sender.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .stages import Per
+
+if TYPE_CHECKING:
+    from .engine import Facts
 
 DEFAULT_MAX_KEYS = 100_000
 DEFAULT_MAX_EVENTS = 1_000_000
@@ -190,3 +196,46 @@ class SessionGauge:
 
     def get(self, key: str) -> int:
         return self._open.get(key, 0)
+
+
+class OpenSessions:
+    """The sessions open right now, for ``match: {concurrent: ">3"}`` (counted per ``per``).
+
+    The server registers each session's Facts when it opens and when it ends; a session's own
+    Facts point back here, so the engine reads the count without any I/O. Per server and per
+    client are gauges kept as sessions come and go; per sender looks at the open sessions'
+    current senders (MAIL accepted or being decided), which only rules asking for it pay for.
+    """
+
+    def __init__(self) -> None:
+        self._gauge = SessionGauge()
+        self._live: set[Facts] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def opened(self, facts: Facts) -> None:
+        if facts in self._live:
+            return
+        self._live.add(facts)
+        self._gauge.add("server")
+        self._gauge.add(f"client\x1f{facts.client}")
+        facts.sessions = self
+
+    def closed(self, facts: Facts) -> None:
+        if facts not in self._live:
+            return
+        self._live.discard(facts)
+        self._gauge.remove("server")
+        self._gauge.remove(f"client\x1f{facts.client}")
+
+    def count(self, per: Per, facts: Facts) -> int:
+        """Open sessions sharing ``facts``' server, client or sender, this one included."""
+        if per is Per.CLIENT:
+            return self._gauge.get(f"client\x1f{facts.client}")
+        if per is Per.SENDER:
+            if facts.sender is None:
+                return 0
+            sender = facts.sender.lower()
+            return sum(1 for f in self._live if f.sender is not None and f.sender.lower() == sender)
+        return self._gauge.get("server")

@@ -20,14 +20,14 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from functools import lru_cache
 
-from .counters import CounterStore, MemoryCounters
+from .counters import CounterStore, MemoryCounters, OpenSessions
 from .patterns import TextMatcher
 from .reply import Reply
 from .scenario import Match, Rule, Scenario
 from .stages import MESSAGE_KEYS, Action, Per, Stage
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity: one per session
 class Facts:
     """What a session knows so far. The session updates it; the engine reads it (and keeps the
     session's own ``per: connection`` counts in it)."""
@@ -45,6 +45,8 @@ class Facts:
     # counters_of says which engine state they belong to, so a reset or swap starts afresh.
     counters: MemoryCounters | None = None
     counters_of: object = None
+    # The server's open sessions, for `concurrent` conditions (set when the session opens).
+    sessions: OpenSessions | None = None
     _message: EmailMessage | None = None
     _headers: EmailMessage | None = None
 
@@ -137,7 +139,7 @@ class _State:
         for rule in scenario.rules:
             self.by_stage[rule.on] = (*self.by_stage.get(rule.on, ()), rule)
         self.index = {id(rule): n for n, rule in enumerate(scenario.rules)}
-        self.checks = {id(rule): _compile_checks(rule.match) for rule in scenario.rules}
+        self.checks = {id(rule): _compile_checks(rule.match, rule.per) for rule in scenario.rules}
         self.rng = random.Random(scenario.seed)
         # The counts of the last decision that fired nothing, for why_not() to report.
         self.held: dict[int, int] = {}
@@ -368,13 +370,16 @@ def _matching_recipient(match: Match, stage: Stage, facts: Facts) -> str | None:
 # --------------------------------------------------------------------------- compiled conditions
 
 
-def _compile_checks(match: Match) -> tuple[tuple[str, Check], ...]:
+def _compile_checks(match: Match, per: Per) -> tuple[tuple[str, Check], ...]:
     """One small function per condition, built once per scenario, never per command.
 
     Envelope checks come first: the message ones may parse the message, and need not when an
     envelope condition already failed.
     """
-    checks = [(key, _CHECK_BUILDERS[key](match)) for key in match.keys]
+    checks = [
+        (key, _check_concurrent(match, per) if key == "concurrent" else _CHECK_BUILDERS[key](match))
+        for key in match.keys
+    ]
     return tuple(sorted(checks, key=lambda pair: pair[0] in MESSAGE_KEYS))
 
 
@@ -410,6 +415,18 @@ def _check_to(match: Match) -> Check:
 def _check_tls(match: Match) -> Check:
     wanted = match.tls
     return lambda stage, facts: facts.tls is wanted
+
+
+def _check_concurrent(match: Match, per: Per) -> Check:
+    """Open sessions now (this one included) per server, client or sender: the rule's ``per``."""
+    compare = match.concurrent
+    assert compare is not None
+
+    def check(stage: Stage, facts: Facts) -> bool:
+        sessions = facts.sessions
+        return compare(sessions.count(per, facts) if sessions is not None else 1)
+
+    return check
 
 
 def _check_size(match: Match) -> Check:

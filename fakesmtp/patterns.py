@@ -106,6 +106,16 @@ def compile_size(spec: str | int) -> SizeMatcher:
     return lambda size: compare(size, limit)
 
 
+def compile_count(spec: str | int) -> Callable[[int], bool]:
+    """``">3"``, ``">=4"``, ``"2"``: a comparison against a whole number (open sessions)."""
+    match = _COMPARISON_RE.match(str(spec))
+    if not match or isinstance(spec, bool) or not match.group(2).strip().isdigit():
+        raise PatternError(f"{spec!r} is not a count comparison like >3")
+    compare = _COMPARATORS[match.group(1)]
+    limit = int(match.group(2))
+    return lambda count: compare(count, limit)
+
+
 def parse_duration(value: str | float) -> float:
     """``2s``, ``500ms``, ``1m``, or a number of seconds."""
     if isinstance(value, bool):

@@ -22,6 +22,7 @@ from .patterns import (
     SizeMatcher,
     TextMatcher,
     compile_cidr,
+    compile_count,
     compile_size,
     compile_text,
     parse_duration,
@@ -114,6 +115,7 @@ class Match:
     headers: tuple[tuple[str, TextMatcher], ...] = ()
     body: TextMatcher | None = None
     size: SizeMatcher | None = None
+    concurrent: SizeMatcher | None = None  # open sessions now, per the rule's `per`
     keys: tuple[str, ...] = ()  # the keys written, in order: for near-miss reports
 
     @property
@@ -337,6 +339,7 @@ _MATCH_KEYS = (
     "header",
     "body",
     "size",
+    "concurrent",
 )
 _REPLY_KEYS = ("code", "status", "text")
 _STAGE_WORDS = ", ".join(s.value for s in Stage)
@@ -347,6 +350,10 @@ _PER_STAGES: dict[Per, frozenset[Stage]] = {
     Per.RECIPIENT: frozenset({Stage.RCPT, Stage.DATA, Stage.END_OF_DATA}),
     Per.TRIPLET: frozenset({Stage.RCPT, Stage.DATA, Stage.END_OF_DATA}),
 }
+
+
+# What `concurrent` can count open sessions per: each of these can have several at once.
+_CONCURRENT_PER = (Per.SERVER, Per.CLIENT, Per.SENDER)
 
 
 def _default_reply_text(code: int, stage: Stage | None) -> tuple[str | None, str]:
@@ -588,6 +595,15 @@ class _Builder:
                 ", ".join(p.value for p in Per if stage in _PER_STAGES.get(p, frozenset(Stage))),
             )
             return None
+        match = fields.get("match")
+        if match is not None and match.concurrent is not None and per not in _CONCURRENT_PER:
+            r.problem(
+                nodes["per"][1],
+                "per",
+                f"concurrent counts open sessions per server, client or sender, not per {per}",
+                ", ".join(p.value for p in _CONCURRENT_PER),
+            )
+            return None
         if "within" in fields and "times" not in fields and "after" not in fields:
             r.problem(
                 nodes["within"][1],
@@ -618,6 +634,10 @@ class _Builder:
                     value = r.scalar(value_node, where, (str, int), "a comparison like >1MiB")
                     if value is not None:
                         fields["size"] = compile_size(value)
+                elif key == "concurrent":
+                    value = r.scalar(value_node, where, (str, int), "a comparison like >3")
+                    if value is not None:
+                        fields["concurrent"] = compile_count(value)
                 elif key == "header":
                     headers = []
                     for name, _, pattern_node in r.mapping(value_node, where, _AnyKey()):

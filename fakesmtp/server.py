@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .access import ApiAccess
+from .counters import OpenSessions
 from .engine import Engine
 from .scenario import (
     Rule,
@@ -61,6 +62,7 @@ class Runtime:
         self.cert, self.key = cert, key
         self.profile = self._profile(scenario)
         self.active: set[ScenarioSMTP] = set()
+        self.open_sessions = OpenSessions()  # for `concurrent` conditions; outlives swaps
         self.shutting_down = False
         self.errors: list[BaseException] = []
 
@@ -101,10 +103,14 @@ class Runtime:
         assert session.record is not None
         self.active.add(session)
         self.store.open_session(session.record)
+        if session.facts is not None:
+            self.open_sessions.opened(session.facts)
         return len(self.active) > self.profile.settings.max_connections
 
     def session_closed(self, session: ScenarioSMTP) -> None:
         self.active.discard(session)
+        if session.facts is not None:
+            self.open_sessions.closed(session.facts)
         assert session.record is not None
         self.store.close_session(session.record)
 

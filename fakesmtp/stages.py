@@ -63,7 +63,7 @@ VERB_STAGES: dict[str, Stage] = {
     "QUIT": Stage.QUIT,
 }
 
-_SESSION_KEYS = frozenset({"client", "tls"})
+_SESSION_KEYS = frozenset({"client", "tls", "concurrent"})
 _GREETED_KEYS = _SESSION_KEYS | {"helo"}
 _AUTH_KEYS = _GREETED_KEYS | {"user"}
 _TRANSACTION_KEYS = _AUTH_KEYS | {"from", "to"}

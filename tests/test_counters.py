@@ -211,3 +211,26 @@ def test_counter_keys_are_strings_any_backend_can_hold(text: str, key: str) -> N
     facts = Facts(session_id="s", client="192.0.2.1", sender="A@x.test", recipient="b@y.test")
     engine.decide(Stage.RCPT, facts)
     assert store.hit(key, 0, limit=5) == 2
+
+
+def test_open_sessions_count_per_server_client_and_sender() -> None:
+    from fakesmtp.counters import OpenSessions
+    from fakesmtp.stages import Per
+
+    sessions = OpenSessions()
+    a1, a2 = Facts(session_id="1", client="192.0.2.1"), Facts(session_id="2", client="192.0.2.1")
+    b = Facts(session_id="3", client="192.0.2.2")
+    for facts in (a1, a2, b):
+        sessions.opened(facts)
+    sessions.opened(a1)  # registering twice counts once
+    assert a1.sessions is sessions
+    assert (sessions.count(Per.SERVER, b), sessions.count(Per.CLIENT, a1)) == (3, 2)
+    a1.sender, b.sender = "Bulk@x.test", "bulk@x.test"
+    assert sessions.count(Per.SENDER, b) == 2 and sessions.count(Per.SENDER, a2) == 0
+    sessions.closed(a1)
+    sessions.closed(a1)  # closing twice counts once
+    assert (sessions.count(Per.SERVER, b), sessions.count(Per.CLIENT, a2)) == (2, 1)
+    assert sessions.count(Per.SENDER, b) == 1
+    sessions.closed(a2)
+    sessions.closed(b)
+    assert len(sessions) == 0 and sessions.count(Per.CLIENT, a1) == 0

@@ -122,3 +122,103 @@ def test_the_rate_limited_builtin_counts_per_minute(serve) -> None:
             client.rset()
         code, text = client.mail("one-more@a.test")
         assert (code, text[:5]) == (450, b"4.7.1")
+
+
+# --------------------------------------------------------------------------- concurrency
+
+CONCURRENT_PER_CLIENT = """
+rules:
+  - name: concurrency per client
+    on: connect
+    match: {concurrent: ">3"}
+    per: client
+    reply: "421 4.7.0 Too many concurrent SMTP connections from this IP address"
+"""
+
+
+def greet(server, source: str = "127.0.0.1") -> smtplib.SMTP | int:
+    """A connection from ``source`` (any 127/8 address works on loopback): client or 421."""
+    try:
+        client = smtplib.SMTP(server.host, server.port, timeout=5, source_address=(source, 0))
+    except smtplib.SMTPConnectError as error:
+        assert error.smtp_error.startswith(b"4.7.0 ") and b"Too many concurrent" in error.smtp_error
+        return error.smtp_code
+    return client
+
+
+def test_a_clients_fourth_simultaneous_connection_is_refused(serve) -> None:
+    server = serve(CONCURRENT_PER_CLIENT)
+    held = [greet(server) for _ in range(3)]
+    assert all(isinstance(c, smtplib.SMTP) for c in held)
+    assert greet(server) == 421
+    assert greet(server) == 421  # the refused ones do not stay counted
+    other = greet(server, "127.0.0.2")  # another client address is served
+    assert isinstance(other, smtplib.SMTP)
+    for client in held:  # the three held connections still work
+        assert isinstance(client, smtplib.SMTP)
+        assert client.ehlo("c.test")[0] == 250
+        assert client.sendmail("a@c.test", ["b@d.test"], b"Subject: x\r\n\r\nx\r\n") == {}
+    held[0].quit()
+    server.wait_for_sessions(3, timeout=5)  # three have ended: two refused, one quit
+    deadline = time.monotonic() + 5
+    while len(server.runtime.open_sessions) > 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    again = greet(server)  # one slot is free again
+    assert isinstance(again, smtplib.SMTP)
+    for client in [*held[1:], other, again]:
+        assert isinstance(client, smtplib.SMTP)
+        client.quit()
+    refused = [s for s in server.sessions if s.exchanges and s.exchanges[0].reply.startswith("421")]
+    assert len(refused) == 2 and all(
+        s.exchanges[0].rule == "concurrency per client" for s in refused
+    )
+
+
+def test_concurrency_is_counted_exactly_as_sessions_come_and_go(serve) -> None:
+    server = serve("""
+rules:
+  - name: ten at a time
+    on: connect
+    match: {concurrent: ">10"}
+    reply: "421 4.7.0 {hostname} Too many concurrent connections"
+""")
+    held = [greet(server) for _ in range(10)]
+    assert all(isinstance(c, smtplib.SMTP) for c in held)
+    with ThreadPoolExecutor(40) as pool:  # 40 at once while ten are open: every one refused
+        assert list(pool.map(lambda _: greet(server), range(40))) == [421] * 40
+    for client in held[:5]:
+        assert isinstance(client, smtplib.SMTP)
+        client.quit()
+    deadline = time.monotonic() + 5
+    while len(server.runtime.open_sessions) > 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with ThreadPoolExecutor(20) as pool:  # five slots free: exactly five of twenty get in
+        results = list(pool.map(lambda _: greet(server), range(20)))
+    admitted = [c for c in results if isinstance(c, smtplib.SMTP)]
+    assert len(admitted) == 5 and results.count(421) == 15
+    for client in [*held[5:], *admitted]:
+        assert isinstance(client, smtplib.SMTP)
+        client.quit()
+    deadline = time.monotonic() + 5
+    while len(server.runtime.open_sessions) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(server.runtime.open_sessions) == 0
+
+
+def test_concurrent_sessions_of_one_sender_are_limited_at_mail(serve) -> None:
+    server = serve("""
+rules:
+  - on: mail
+    match: {concurrent: ">2"}
+    per: sender
+    reply: "451 4.7.0 Too many concurrent deliveries from <{from}>"
+""")
+    clients = [smtplib.SMTP(server.host, server.port, timeout=5) for _ in range(4)]
+    for client in clients:
+        client.ehlo("c.test")
+    assert [c.mail("bulk@a.test")[0] for c in clients[:3]] == [250, 250, 451]
+    assert clients[3].mail("other@a.test")[0] == 250
+    clients[0].rset()  # its transaction is over: bulk@a.test has one open now
+    assert clients[2].mail("BULK@a.test")[0] == 250
+    for client in clients:
+        client.quit()

@@ -103,7 +103,8 @@ def test_bare_code_takes_catalog_text() -> None:
         ),
         (
             "rules:\n  - on: connect\n    match: {to: x}\n    reply: 554\n",
-            "s.yaml:3: match.to: stage connect cannot match on to (allowed: client, tls)",
+            "s.yaml:3: match.to: stage connect cannot match on to "
+            "(allowed: client, tls, concurrent)",
         ),
         (
             'rules:\n  - on: rcpt\n    match: {to: "/([a-z/"}\n    reply: 550\n',
@@ -162,6 +163,16 @@ def test_bare_code_takes_catalog_text() -> None:
             's.yaml:3: reply: must be a reply like "550 5.1.1 text", not a list',
         ),
         ("name: x\nname: y\n", "s.yaml:2: name: is given twice"),
+        (
+            "rules:\n  - on: connect\n    match: {concurrent: '>3'}\n    per: connection\n"
+            "    reply: 421\n",
+            "s.yaml:4: per: concurrent counts open sessions per server, client or sender, not per "
+            "connection (allowed: server, client, sender)",
+        ),
+        (
+            "rules:\n  - on: connect\n    match: {concurrent: many}\n    reply: 421\n",
+            "s.yaml:3: match.concurrent: 'many' is not a count comparison like >3",
+        ),
         (
             "rules:\n  - on: mail\n    within: 1m\n    reply: 451\n",
             "s.yaml:3: within: counts the matches that times/after limit, but this rule has "
