@@ -157,13 +157,13 @@ def test_a_yaml_slip_says_what_to_write(text: str, expected: str) -> None:
         pytest.param(
             "rules:\n  - on: rcpt\n    match: {recipient: x@y}\n    reply: 550\n",
             "s.yaml:3: match.recipient: unknown key; did you mean 'to'? (allowed: from, to, helo, "
-            "client, user, tls, subject, header, body, size)",
+            "client, user, tls, subject, header, body, size, concurrent)",
             id="match-recipient",
         ),
         pytest.param(
             "rules:\n  - on: rcpt\n    match: {sender: x@y}\n    reply: 550\n",
             "s.yaml:3: match.sender: unknown key; did you mean 'from'? (allowed: from, to, helo, "
-            "client, user, tls, subject, header, body, size)",
+            "client, user, tls, subject, header, body, size, concurrent)",
             id="match-sender",
         ),
         pytest.param(
@@ -181,7 +181,7 @@ def test_a_yaml_slip_says_what_to_write(text: str, expected: str) -> None:
         pytest.param(
             "rules:\n  - on: rcpt\n    Reply: 550\n",
             "s.yaml:3: rules[0].Reply: unknown key; did you mean 'reply'? (allowed: on, match, "
-            "reply, action, delay, times, after, per, probability, name)",
+            "reply, action, delay, times, after, per, within, probability, name)",
             id="key-case",
         ),
         pytest.param(
