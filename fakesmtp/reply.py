@@ -15,6 +15,14 @@ _FIELD_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 # Printable ASCII plus UTF-8 text; control bytes (NUL, CR, LF, ESC, DEL...) never reach the wire.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
+# One reply line as RFC 5321 section 4.2 writes it: a code (second digit 0-5), "-" when more lines
+# follow or " " (or nothing) on the last, an optional enhanced status (RFC 3463), the text.
+REPLY_LINE = re.compile(
+    r"(?P<code>[2-5][0-5]\d)(?P<sep>[ -]|$)"
+    r"(?:(?P<status>[245]\.\d{1,3}\.\d{1,3})(?=\s|$))?\s*(?P<text>.*)$",
+    re.DOTALL,
+)
+
 MAX_LINE_TEXT = 480  # keeps "550-5.1.1 " + text + CRLF within RFC 5321's 512-octet reply line
 MAX_FIELD_LENGTH = 200  # bound on what a template field can add from client input
 
@@ -23,6 +31,24 @@ def clean_text(value: str, limit: int = MAX_FIELD_LENGTH) -> str:
     """Text from a client made safe to echo in a reply: no control bytes, bounded length."""
     value = _CONTROL_RE.sub("?", value)
     return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLine:
+    """One line of a reply as read from text: its code, whether more lines follow, status, text."""
+
+    code: int
+    more: bool  # "550-..." : another line of the same reply follows
+    status: str | None
+    text: str
+
+
+def parse_reply_line(line: str) -> ReplyLine | None:
+    """Read one reply line (``550-5.1.1 text``); None when it does not start with a reply code."""
+    match = REPLY_LINE.match(line)
+    if match is None:
+        return None
+    return ReplyLine(int(match["code"]), match["sep"] == "-", match["status"], match["text"])
 
 
 class ReplyError(ValueError):
