@@ -30,6 +30,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test that used ``fakesmtp`` shows its sessions' transcripts in the report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    server = getattr(item, "funcargs", {}).get("fakesmtp")
+    if isinstance(server, FakeSMTP):
+        try:
+            report.sections.append(("fakesmtp transcript", server.transcript()))
+        except Exception as error:  # the report must not lose the test's own failure
+            report.sections.append(("fakesmtp transcript", f"(could not render: {error!r})"))
+
+
 @pytest.fixture(scope="session")
 def fakesmtp_server() -> Iterator[FakeSMTP]:
     """The session's one fake SMTP server, on a free port of 127.0.0.1.
@@ -114,10 +129,15 @@ def fakesmtp(
         # The server's own start-up scenario, already loaded: no file to parse per test.
         scenario = server.initial_scenario
     if scenario is not server.scenario:
+        problem = ""
         try:
             server.use(scenario)
         except ScenarioError as error:
-            pytest.fail(f"fakesmtp: the scenario for this test is invalid:\n{error}", pytrace=False)
+            problem = str(error)
+        if problem:  # failed outside the except: pytest would show the ScenarioError twice
+            pytest.fail(
+                f"fakesmtp: the scenario for this test is invalid:\n{problem}", pytrace=False
+            )
     try:
         yield server
         errors = server.errors

@@ -61,7 +61,9 @@ class Problem:
 
     def __str__(self) -> str:
         allowed = f" (allowed: {self.allowed})" if self.allowed else ""
-        lines = [f"{self.path}:{self.line}: {self.key}: {self.message}{allowed}"]
+        # Line 0 is the file as a whole (unreadable, or no such name): no line to jump to.
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        lines = [f"{where}: {self.key}: {self.message}{allowed}"]
         if self.excerpt:
             # Tabs become single spaces so the caret stays under the character it means.
             lines.append("    " + self.excerpt.replace("\t", " "))
@@ -897,11 +899,16 @@ def load_scenario(spec: Scenario | Mapping[str, Any] | str | Path | None = None)
         if builtin is not None:
             return load_scenario_file(builtin)
         if ":" not in spec:
-            names = ", ".join(builtin_scenarios())
-            raise ScenarioError(
-                [Problem(spec, 0, "scenario", "no such file or built-in scenario", names)]
-            )
+            raise unknown_scenario(spec)
     return load_scenario_text(spec)
+
+
+def unknown_scenario(spec: str) -> ScenarioError:
+    """The error for a name that is neither a file nor a built-in, with the closest built-in."""
+    names = list(builtin_scenarios())
+    hint = did_you_mean(Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec, names)
+    message = "no such file or built-in scenario" + (f"; {hint}" if hint else "")
+    return ScenarioError([Problem(spec, 0, "scenario", message, ", ".join(names))])
 
 
 def quick_rule(stage: Stage | str, reply: str | int, *, name: str = "") -> Rule:

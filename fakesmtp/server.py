@@ -480,6 +480,12 @@ class FakeSMTP:
         """Every session's transcript, oldest first."""
         return self.store.sessions() if self.store is not None else []
 
+    def transcript(self) -> str:
+        """Every session so far as a learner reads it: commands, replies, rules, meanings."""
+        from .transcript import render_all
+
+        return render_all(session.to_json() for session in self.sessions)
+
     @property
     def errors(self) -> list[BaseException]:
         """Internal errors (our bugs) met while serving; the pytest fixture fails on them."""

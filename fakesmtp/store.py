@@ -90,6 +90,12 @@ class SessionRecord:
             data["transcript"] = [exchange.to_json() for exchange in list(self.exchanges)]
         return data
 
+    def __str__(self) -> str:
+        """The conversation as a learner reads it (see fakesmtp.transcript)."""
+        from .transcript import render  # the renderer reads the catalog: only when asked
+
+        return render(self.to_json())
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionRecord:
         exchanges = [Exchange(**item) for item in data.get("transcript", [])]

@@ -201,3 +201,73 @@ def test_internal_server_error_fails_the_test_at_teardown(pytester: pytest.Pytes
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers", *QUIET)
     result.stdout.fnmatch_lines(["@pytest.mark.fakesmtp(scenario):*"])
+
+
+def test_a_failing_test_shows_the_transcript_of_its_sessions(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import smtplib
+
+        def test_app_reports_full_mailbox(fakesmtp):
+            fakesmtp.use("mailbox-full")
+            with smtplib.SMTP(fakesmtp.host, fakesmtp.port) as client:
+                client.ehlo("app.test")
+                client.mail("app@example.test")
+                code, _ = client.rcpt("quota@example.test")
+            assert code == 250, "the application expected its mail to go through"
+        """
+    )
+    result = pytester.runpytest(*QUIET)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- fakesmtp transcript -*",
+            "session * from 127.0.0.1:*, plain text, started *",
+            "    +0.000s  C: (connects)",
+            "             S: 220 mx.fakesmtp.test ESMTP fakesmtp",
+            "*C: ehlo app.test",
+            "*C: mail FROM:<app@example.test>",
+            "             S: 250 2.1.0 Ok",
+            "*C: rcpt TO:<quota@example.test>",
+            "             S: 452 4.2.2 <quota@example.test>: Mailbox over quota, try again later",
+            "*rule: over quota, try later*",
+            "                = Mailbox full",
+        ]
+    )
+
+
+def test_a_passing_test_shows_no_transcript(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import smtplib
+
+        def test_ok(fakesmtp):
+            with smtplib.SMTP(fakesmtp.host, fakesmtp.port) as client:
+                client.noop()
+        """
+    )
+    result = pytester.runpytest("-rA", *QUIET)
+    result.assert_outcomes(passed=1)
+    assert "fakesmtp transcript" not in result.stdout.str()
+
+
+def test_a_misspelt_marker_scenario_is_named_once_with_a_suggestion(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.fakesmtp("greylistin")
+        def test_bad(fakesmtp):
+            pass
+        """
+    )
+    result = pytester.runpytest(*QUIET)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    expected = (
+        "greylistin: scenario: no such file or built-in scenario; did you mean 'greylisting'?"
+    )
+    assert out.count(expected) == 1
+    assert "greylistin:0" not in out

@@ -230,7 +230,7 @@ def test_unreadable_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as caught:
         load_scenario_file(tmp_path / "missing.yaml")
     assert str(caught.value).endswith(
-        "missing.yaml:0: file: cannot read: No such file or directory"
+        "missing.yaml: file: cannot read: No such file or directory"
     )
 
 
