@@ -67,6 +67,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/api/v1/messages/{id}", get_message),
         ("GET", "/api/v1/messages/{id}/raw", get_raw),
         ("GET", "/api/v1/sessions", list_sessions),
+        ("DELETE", "/api/v1/sessions", delete_sessions),
         ("GET", "/api/v1/sessions/{id}", get_session),
         ("GET", "/api/v1/scenario", get_scenario),
         ("PUT", "/api/v1/scenario", put_scenario),
@@ -446,6 +447,14 @@ async def list_sessions(request: web.Request) -> web.Response:
             "sessions": [session_summary(s) for s in _newest_first(everything, limit)],
         }
     )
+
+
+async def delete_sessions(request: web.Request) -> web.Response:
+    """Forget every session's transcript; messages stay (``DELETE /api/v1/messages`` for those)."""
+    store = _store(request)
+    deleted = len(store.sessions())
+    store.clear(messages=False, sessions=True)
+    return web.json_response({"deleted": deleted})
 
 
 async def get_session(request: web.Request) -> web.Response:

@@ -1,0 +1,109 @@
+"""Options from ``FAKESMTP_<COMMAND>_<OPTION>`` variables: errors that name them, typos flagged.
+
+A CI service container configures fakesmtp through the environment only, so a bad value must be
+reported under the name the user wrote (``FAKESMTP_SERVE_PORT=abc``), not as ``'--port'``, and a
+misspelt variable, which the shell and click would both silently ignore, gets a warning with
+the closest real name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from .suggest import closest
+
+PREFIX = "FAKESMTP"
+# Variables read outside click: the API token every command that talks to a server accepts,
+# and the Chromium the page test drives.
+OTHER_VARIABLES = frozenset({"FAKESMTP_API_TOKEN", "FAKESMTP_CHROMIUM"})
+
+
+def variable_of(ctx: click.Context, param: click.Parameter) -> str | None:
+    """The environment variable an option reads (its own, or the automatic one), if any."""
+    if not isinstance(param, click.Option) or param.name is None:
+        return None
+    if param.envvar:
+        return param.envvar if isinstance(param.envvar, str) else param.envvar[0]
+    if ctx.auto_envvar_prefix:
+        return f"{ctx.auto_envvar_prefix}_{param.name.upper()}"
+    return None
+
+
+def from_environment(ctx: click.Context, name: str) -> str | None:
+    """``FAKESMTP_SERVE_PORT`` when option ``name`` took its value from there, else None."""
+    if ctx.get_parameter_source(name) is not ParameterSource.ENVIRONMENT:
+        return None
+    for param in ctx.command.params:
+        if param.name == name:
+            return variable_of(ctx, param)
+    return None
+
+
+def option_label(ctx: click.Context, name: str, value: Any) -> str:
+    """How to name an option's value in an error: ``--api-port 8025`` or ``VAR=8025``."""
+    variable = from_environment(ctx, name)
+    if variable is not None:
+        return f"{variable}={value}"
+    return f"--{name.replace('_', '-')} {value}"
+
+
+class EnvCommand(click.Command):
+    """A command whose bad option values from the environment are reported as variables."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as error:
+            param = error.param
+            if param is not None and param.name is not None:
+                variable = from_environment(ctx, param.name)
+                if variable is not None:
+                    # "Invalid value for FAKESMTP_SERVE_PORT (--port): 'abc' is not ..."
+                    error.param_hint = f"{variable} ({param.opts[0] if param.opts else ''})"
+            raise
+
+
+class EnvGroup(click.Group):
+    """A group whose commands and subgroups are EnvCommands and EnvGroups."""
+
+    command_class = EnvCommand
+    group_class = type  # subgroups made with @group.group() are EnvGroups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return EnvCommand.parse_args(self, ctx, args)  # type: ignore[arg-type]
+
+
+def known_variables(command: click.Command, prefix: str = PREFIX) -> Iterator[str]:
+    """Every variable the command tree under ``command`` reads, as click would name it."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name and not param.is_eager:
+            if param.envvar:
+                names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+                yield from names
+            yield f"{prefix}_{param.name.upper()}"
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from known_variables(sub, f"{prefix}_{name.upper().replace('-', '_')}")
+
+
+def unknown_variables(
+    command: click.Command, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """One warning per ``FAKESMTP_*`` variable nothing reads, with the closest real name."""
+    environ = os.environ if environ is None else environ
+    known = set(known_variables(command)) | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX + "_") or name in known:
+            continue
+        # Compared without the shared FAKESMTP_, which would make every name look close.
+        by_suffix = {known_name[len(PREFIX) + 1 :]: known_name for known_name in known}
+        near = closest(name[len(PREFIX) + 1 :], by_suffix)
+        hint = f"; did you mean {by_suffix[near]}?" if near else ""
+        warnings.append(f"fakesmtp: warning: {name} is not a fakesmtp variable, ignored{hint}")
+    return warnings
