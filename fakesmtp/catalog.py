@@ -854,6 +854,45 @@ def explain(arg: str, lang: str = "en") -> str:
     return "\n".join(out)
 
 
+def explain_data(arg: str, lang: str = "en") -> dict[str, Any]:
+    """``explain`` as data (``fakesmtp explain --json``): the reading, the status, the code."""
+    _check_lang(lang)
+    query = _parse(arg)
+    reply_text = " ".join(query.reply.split()) if query.reply else ""
+    reading = read_reply(query.code, query.status, reply_text)
+    data: dict[str, Any] = {
+        "reply": query.reply,
+        "code": query.code,
+        "status": query.status,
+        "reading": {
+            "summary": reading.summary,
+            "meaning": reading.meaning,
+            "advice": reading.advice,
+            "source": reading.source,
+            "explained_by": reading.basis,
+            "vendor": reading.vendor or None,
+            "kind": reading.kind,
+        },
+    }
+    if query.status is not None and (entry := status(query.status)) is not None:
+        data["status_entry"] = {
+            "status": entry.status,
+            "subject": entry.localized("subject", lang),
+            "meaning": entry.localized("meaning", lang),
+            "advice": entry.localized("advice", lang),
+            "registered": entry.registered,
+            "source": entry.source,
+            "usually_with": [c for c, _ in codes_with_status(entry.status)],
+            "vendor_uses": [
+                {"vendor": sign.vendor, "summary": sign.summary, "source": sign.source}
+                for sign in signs_for_status(entry.status)
+            ],
+        }
+    if query.code is not None and (entry_code := code(query.code)) is not None:
+        data["code_entry"] = _as_dict(entry_code, lang)
+    return data
+
+
 # --------------------------------------------------------------------------- codes table
 
 _HEADERS: Mapping[str, tuple[str, ...]] = {

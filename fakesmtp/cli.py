@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
-from .scenario import ScenarioError, builtin_scenarios, load_scenario, load_scenario_file
+from .cli_env import EnvGroup, from_environment, option_label, unknown_variables
+from .remote import messages, sessions
+from .scenario import (
+    Problem,
+    Scenario,
+    ScenarioError,
+    builtin_scenarios,
+    load_scenario,
+    load_scenario_file,
+    load_scenario_text,
+    unknown_scenario,
+)
 from .server import FakeSMTP
+from .suggest import plural
 
 STAGE_NAMES = [
     "connect",
@@ -42,13 +57,14 @@ class BadInput(click.ClickException):
 
 
 @click.group(
+    cls=EnvGroup,
     context_settings={
         "help_option_names": ["-h", "--help"],
         "max_content_width": 100,
         # Every option can come from the environment, FAKESMTP_<COMMAND>_<OPTION>: a CI service
         # container gets env vars but no command line (FAKESMTP_SERVE_SCENARIO=greylisting).
         "auto_envvar_prefix": "FAKESMTP",
-    }
+    },
 )
 @click.version_option(__version__, prog_name="fakesmtp")
 def main() -> None:
@@ -68,16 +84,19 @@ def main() -> None:
     gets 550 at RCPT, from mail-451@any.test gets 451 at MAIL; data-554@, end_of_data-552@ too.
 
     Options can also come from the environment as FAKESMTP_<COMMAND>_<OPTION>, for example
-    FAKESMTP_SERVE_SCENARIO=greylisting or FAKESMTP_SERVE_BANNER=421.
+    FAKESMTP_SERVE_SCENARIO=greylisting or FAKESMTP_SERVE_BANNER=421; a FAKESMTP_ variable
+    that no option reads gets a warning. Wherever a file is read, - means standard input.
     """
+    for warning in unknown_variables(main):
+        click.echo(warning, err=True)
 
 
 @main.command()
 @click.option(
     "--scenario",
     "-s",
-    metavar="FILE|NAME",
-    help="A scenario file or a built-in name (see `fakesmtp scenarios`). "
+    metavar="FILE|NAME|-",
+    help="A scenario file, a built-in name (see `fakesmtp scenarios`) or - for stdin. "
     "Default: accept all, with address-driven replies.",
 )
 @click.option(
@@ -194,8 +213,13 @@ def serve(
       fakesmtp serve --host 0.0.0.0 --store /var/lib/fakesmtp   # in a container
       fakesmtp serve --lmtp --port 2424 --scenario mailbox-full
     """
+    ctx = click.get_current_context()
+    if scenario == "-":  # the scenario's YAML from standard input
+        scenario = sys.stdin.read()
+    problems = []
     if (cert is None) != (key is None):
-        raise BadInput("--cert and --key go together: give both or neither")
+        problems.append("--cert and --key go together: give both or neither")
+    server = None
     try:
         server = FakeSMTP(
             scenario,
@@ -216,8 +240,66 @@ def serve(
             api_allow_hosts=api_allow_hosts,
         )
     except ScenarioError as error:
-        raise BadInput(str(error)) from None
+        problems.extend(_named_by_option(ctx, error, scenario=scenario, banner=banner, ehlo=ehlo))
+    if server is not None:
+        problems.extend(_listen_problems(ctx, server))
+    if problems:  # every problem at once, not one per attempt
+        raise BadInput("\n".join(problems))
     run_server(server, loop_kind)
+
+
+def _named_by_option(ctx: click.Context, error: ScenarioError, **values: str | None) -> list[str]:
+    """A scenario, --banner or --ehlo problem under the name the user gave it.
+
+    With FAKESMTP_SERVE_SCENARIO=greylistin the error starts with the variable, not a bare
+    "greylistin:" that names nothing the user typed.
+    """
+    lines = str(error).splitlines()
+    for name, value in values.items():
+        variable = from_environment(ctx, name)
+        if value is None or variable is None:
+            continue
+        written = f"--{name} {value}" if name != "scenario" else value
+        lines = [
+            f"{variable}={value}{line[len(written) :]}" if line.startswith(written + ":") else line
+            for line in lines
+        ]
+    return lines
+
+
+def _listen_problems(ctx: click.Context, server: FakeSMTP) -> list[str]:
+    from .startup import Listener, listen_problems
+
+    host_label = option_label(ctx, "host", server.host)
+    wanted = [("port", server.port, "--port 0 or another port")]
+    if server.tls_port is not None:
+        wanted.append(("tls_port", server.tls_port, "--tls-port 0 or another port"))
+    listeners = [
+        Listener(
+            option=f"--{name.replace('_', '-')}",
+            host=server.host,
+            port=port,
+            label=option_label(ctx, name, port),
+            host_label=host_label,
+            alternatives=alternatives,
+        )
+        for name, port, alternatives in wanted
+    ]
+    if server.api_port is not None:
+        api_host = getattr(server, "api_host", None) or server.host
+        listeners.append(
+            Listener(
+                option="--api-port",
+                host=api_host,
+                port=server.api_port,
+                label=option_label(ctx, "api_port", server.api_port),
+                host_label=option_label(
+                    ctx, "api_host" if api_host != server.host else "host", api_host
+                ),
+                alternatives="--api-port 0 or --no-api",
+            )
+        )
+    return listen_problems(listeners)
 
 
 def raise_open_file_limit() -> None:
@@ -273,7 +355,7 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
             f"fakesmtp {__version__}: {protocol} on {server.host}:{server.port}{smtps}{api}{uvloop}"
         )
         click.echo(
-            f"scenario: {scenario.name} ({len(scenario.rules)} rules"
+            f"scenario: {scenario.name} ({plural(len(scenario.rules), 'rule')}"
             f"{', address-driven replies' if scenario.server.address_replies else ''})"
             f" - Ctrl-C to stop"
         )
@@ -288,60 +370,146 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
     click.echo("fakesmtp: stopped")
 
 
-@main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
-    """Check scenario files: every problem as FILE:LINE: key: what is wrong (allowed: ...).
+def read_scenario(spec: str) -> Scenario:
+    """A scenario from a file, a built-in name, or ``-`` (standard input)."""
+    if spec == "-":
+        return load_scenario_text(sys.stdin.read(), "<stdin>")
+    path = Path(spec)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        return load_scenario_file(path)  # a path: "cannot read" beats "no built-in"
+    builtin = builtin_scenarios().get(spec)
+    if builtin is None:
+        raise unknown_scenario(spec)
+    return load_scenario_file(builtin)
 
-    Exits 0 when every file is valid, 2 otherwise.
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    return {
+        "file": problem.path,
+        "line": problem.line or None,
+        "column": problem.column,
+        "key": problem.key,
+        "message": problem.message,
+        "allowed": problem.allowed or None,
+        "hint": problem.hint or None,
+    }
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE|NAME|-...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON report for all files.")
+def validate(files: tuple[str, ...], as_json: bool) -> None:
+    """Check scenarios: every problem as FILE:LINE: key: what is wrong (allowed: ...).
+
+    Takes files, built-in names and - (standard input). Exits 0 when every one is valid,
+    2 otherwise.
 
     \b
-    Example:
+    Examples:
       fakesmtp validate scenarios/*.yaml
+      fakesmtp validate greylisting
+      fakesmtp from-bounce bounce.eml | fakesmtp validate -
     """
     bad = 0
+    report = []
     for name in files:
         try:
-            scenario = load_scenario_file(name)
+            scenario = read_scenario(name)
         except ScenarioError as error:
             bad += 1
-            click.echo(str(error), err=True)
+            report.append({"file": name, "valid": False, "problems": [
+                _problem_json(problem) for problem in error.problems
+            ]})  # fmt: skip
+            if not as_json:
+                click.echo(str(error), err=True)
             continue
         count = len(scenario.rules)
-        click.echo(f"{name}: ok ({count} rule{'' if count == 1 else 's'})")
+        report.append({"file": name, "valid": True, "name": scenario.name, "rules": count})
+        if not as_json:
+            click.echo(f"{name}: ok ({plural(count, 'rule')})")
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     if bad:
         sys.exit(2)
 
 
-@main.command()
-def scenarios() -> None:
-    """List the built-in scenarios, one line each (use them with --scenario NAME)."""
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+@click.pass_context
+def scenarios(ctx: click.Context, as_json: bool) -> None:
+    """The built-in scenarios, one line each (use them with --scenario NAME).
+
+    \b
+    Examples:
+      fakesmtp scenarios
+      fakesmtp scenarios show greylisting > mine.yaml   # a start for your own
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     found = builtin_scenarios()
-    width = max((len(name) for name in found), default=0)
+    listing = []
     for name, path in found.items():
         try:
-            description = load_scenario_file(path).description
+            loaded = load_scenario_file(path)
+            listing.append({"name": name, "description": loaded.description,
+                            "rules": len(loaded.rules)})  # fmt: skip
         except ScenarioError as error:
-            description = f"(invalid: {error.problems[0]})"
-        click.echo(f"{name:<{width}}  {description}")
+            listing.append({"name": name, "description": f"(invalid: {error.problems[0]})"})
+    if as_json:
+        click.echo(json.dumps(listing, indent=2, ensure_ascii=False))
+        return
+    width = max((len(name) for name in found), default=0)
+    for item in listing:
+        click.echo(f"{item['name']:<{width}}  {item['description']}")
+
+
+@scenarios.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Name, file and YAML text as JSON.")
+def scenarios_show(name: str, as_json: bool) -> None:
+    """Print a built-in scenario's YAML, comments included, to start your own from.
+
+    \b
+    Example:
+      fakesmtp scenarios show mailbox-full > my-scenario.yaml
+    """
+    path = builtin_scenarios().get(name)
+    if path is None:
+        raise BadInput(str(unknown_scenario(name)))
+    text = path.read_text(encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps({"name": name, "file": str(path), "yaml": text}, indent=2))
+        return
+    click.echo(text, nl=False)
 
 
 @main.command()
-@click.argument("words", nargs=-1, required=True)
+@click.argument("words", nargs=-1, required=True, metavar="CODE|X.Y.Z|REPLY|-")
 @click.option("--lang", type=click.Choice(["en", "fr"]), default="en", show_default=True)
-def explain(words: tuple[str, ...], lang: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
+def explain(words: tuple[str, ...], lang: str, as_json: bool) -> None:
     """What a reply code, an enhanced status or a pasted reply means, and what to do.
+
+    A pasted reply is read from what it says: a vendor's known use of its status, the status,
+    recognisable wording (greylisting, DMARC, rate limits...), then the code. - reads the
+    reply (or a bounce's line) from standard input.
 
     \b
     Examples:
       fakesmtp explain 452
       fakesmtp explain 5.7.26
       fakesmtp explain "550 5.1.1 <bob@example.test>: Recipient address rejected"
+      grep -m1 'said: ' bounce.eml | fakesmtp explain -
     """
     from . import catalog
 
+    text = sys.stdin.read() if words == ("-",) else " ".join(words)
     try:
-        click.echo(catalog.explain(" ".join(words), lang=lang))
+        if as_json:
+            data = catalog.explain_data(text, lang=lang)
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            click.echo(catalog.explain(text, lang=lang))
     except ValueError as error:
         raise BadInput(str(error)) from None
 
@@ -380,8 +548,25 @@ def codes(kind: str | None, stage: str | None, as_json: bool, lang: str) -> None
     type=click.IntRange(0, 65535),
     help="SMTP port, with --serve.",
 )
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="With --serve: address to listen on."
+)
+@click.option(
+    "--api-port",
+    default=8025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="With --serve: HTTP API and web page port.",
+)
 @click.option("--no-api", is_flag=True, help="With --serve: no HTTP API.")
-def from_bounce(source: click.utils.LazyFile, then_serve: bool, port: int, no_api: bool) -> None:
+def from_bounce(
+    source: click.utils.LazyFile,
+    then_serve: bool,
+    port: int,
+    host: str,
+    api_port: int,
+    no_api: bool,
+) -> None:
     """Turn a bounce (DSN) or an MTA log line into a scenario giving the same reply.
 
     \b
@@ -405,7 +590,17 @@ def from_bounce(source: click.utils.LazyFile, then_serve: bool, port: int, no_ap
     except ScenarioError as error:  # a bug of ours if it happens: say so plainly
         raise BadInput(f"the generated scenario is invalid: {error}") from None
     click.echo(text, err=True, nl=False)
-    run_server(FakeSMTP(scenario, port=port, api_port=None if no_api else 8025, echo=True))
+    server = FakeSMTP(
+        scenario, host=host, port=port, api_port=None if no_api else api_port, echo=True
+    )
+    problems = _listen_problems(click.get_current_context(), server)
+    if problems:
+        raise BadInput("\n".join(problems))
+    run_server(server)
+
+
+main.add_command(messages)
+main.add_command(sessions)
 
 
 if __name__ == "__main__":  # pragma: no cover

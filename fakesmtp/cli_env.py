@@ -52,19 +52,44 @@ def option_label(ctx: click.Context, name: str, value: Any) -> str:
     return f"--{name.replace('_', '-')} {value}"
 
 
+def _name_the_variable(ctx: click.Context, error: click.BadParameter) -> None:
+    """Reword "Invalid value for '--port'" as "... for FAKESMTP_SERVE_PORT (--port)"."""
+    param = error.param
+    if param is not None and param.name is not None:
+        variable = from_environment(ctx, param.name)
+        if variable is not None:
+            error.param_hint = f"{variable} ({param.opts[0] if param.opts else param.name})"
+
+
+def _long_flag(param: click.Option) -> str | None:
+    flags = [opt for opt in param.opts if opt.startswith("--")]
+    return flags[0][2:].upper().replace("-", "_") if flags else None
+
+
+def _name_variables_by_flag(ctx: click.Context, command: click.Command) -> None:
+    """``--json`` reads FAKESMTP_<COMMAND>_JSON even when its Python name is ``as_json``.
+
+    click names automatic variables after the parameter's Python name; users know the flag.
+    The Python-name variable still works: click falls back to it.
+    """
+    if not ctx.auto_envvar_prefix:
+        return
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.envvar and not param.is_eager:
+            flag = _long_flag(param)
+            if flag is not None and param.name is not None and flag != param.name.upper():
+                param.envvar = f"{ctx.auto_envvar_prefix}_{flag}"
+
+
 class EnvCommand(click.Command):
     """A command whose bad option values from the environment are reported as variables."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _name_variables_by_flag(ctx, self)
         try:
             return super().parse_args(ctx, args)
         except click.BadParameter as error:
-            param = error.param
-            if param is not None and param.name is not None:
-                variable = from_environment(ctx, param.name)
-                if variable is not None:
-                    # "Invalid value for FAKESMTP_SERVE_PORT (--port): 'abc' is not ..."
-                    error.param_hint = f"{variable} ({param.opts[0] if param.opts else ''})"
+            _name_the_variable(ctx, error)
             raise
 
 
@@ -75,7 +100,12 @@ class EnvGroup(click.Group):
     group_class = type  # subgroups made with @group.group() are EnvGroups too
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return EnvCommand.parse_args(self, ctx, args)  # type: ignore[arg-type]
+        _name_variables_by_flag(ctx, self)
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as error:
+            _name_the_variable(ctx, error)
+            raise
 
 
 def known_variables(command: click.Command, prefix: str = PREFIX) -> Iterator[str]:
@@ -86,6 +116,9 @@ def known_variables(command: click.Command, prefix: str = PREFIX) -> Iterator[st
                 names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
                 yield from names
             yield f"{prefix}_{param.name.upper()}"
+            flag = _long_flag(param)
+            if flag is not None:
+                yield f"{prefix}_{flag}"
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():
             yield from known_variables(sub, f"{prefix}_{name.upper().replace('-', '_')}")

@@ -327,4 +327,3 @@ def clear_sessions(api: str, api_token: str | None, as_json: bool) -> None:
         _echo_json(data)
         return
     click.echo(f"deleted {plural(data.get('deleted', 0), 'session')}")
-

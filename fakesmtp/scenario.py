@@ -919,13 +919,16 @@ def quick_rule(stage: Stage | str, reply: str | int, *, name: str = "") -> Rule:
     spec = f"on: {Stage(stage).value}\nreply: {json.dumps(str(reply))}\n"
     if name:
         spec += f"name: {json.dumps(name)}\n"
-    scenario = load_scenario_text(
-        "rules:\n"
-        + "".join(
-            "  " + ("- " if n == 0 else "  ") + line for n, line in enumerate(spec.splitlines(True))
-        ),
-        "<option>",
+    text = "rules:\n" + "".join(
+        "  " + ("- " if n == 0 else "  ") + line for n, line in enumerate(spec.splitlines(True))
     )
+    try:
+        scenario = load_scenario_text(text, "<option>")
+    except ScenarioError as error:
+        # The lines of YAML written here mean nothing to the user: name what they typed,
+        # "--banner 612: reply: reply code 612 is not between 200 and 599".
+        where = f"{name} {reply}" if name else str(reply)
+        raise ScenarioError([replace(p, path=where, line=0) for p in error.problems]) from None
     return scenario.rules[0]
 
 

@@ -229,9 +229,7 @@ def test_load_scenario_accepts_every_form(tmp_path: Path) -> None:
 def test_unreadable_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as caught:
         load_scenario_file(tmp_path / "missing.yaml")
-    assert str(caught.value).endswith(
-        "missing.yaml: file: cannot read: No such file or directory"
-    )
+    assert str(caught.value).endswith("missing.yaml: file: cannot read: No such file or directory")
 
 
 def test_builtin_scenarios_are_all_valid() -> None:
