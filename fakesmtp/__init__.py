@@ -3,7 +3,6 @@
 from .reply import Reply
 from .scenario import Rule, Scenario, ScenarioError, load_scenario
 from .server import FakeSMTP
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["FakeSMTP", "Reply", "Rule", "Scenario", "ScenarioError", "__version__", "load_scenario"]

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import __version__, access
+from . import access
 from .metrics import serve_metrics
 from .scenario import Rule, Scenario, ScenarioError, builtin_scenarios, load_scenario_text
 from .store import CapturedMessage, Exchange, SessionRecord
+from .version import __version__
 
 if TYPE_CHECKING:
     from .server import FakeSMTP

@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from . import __version__
 from .cli_env import EnvGroup, from_environment, option_label, unknown_variables
 from .remote import messages, sessions
 from .scenario import (
@@ -26,6 +25,7 @@ from .scenario import (
 )
 from .server import FakeSMTP
 from .suggest import plural
+from .version import __version__
 
 STAGE_NAMES = [
     "connect",
@@ -335,7 +335,7 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         task = asyncio.create_task(server.serve_forever(stop))
-        while server.runtime is None or not server._servers:  # until the listeners are bound
+        while server.runtime is None or not server.listening:  # until the listeners are bound
             if task.done():
                 await task
                 return

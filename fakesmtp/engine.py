@@ -2,8 +2,8 @@
 
 The engine runs on the server's single event loop and never awaits, so one decision is atomic
 with respect to every other session: counters need no locks. Each scenario gets its own engine
-(see smtp.Profile), so a scenario swapped at run time starts with fresh counters and a command
-is decided by one scenario, never half of each.
+(see session.profile.Profile), so a scenario swapped at run time starts with fresh counters
+and a command is decided by one scenario, never half of each.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import itertools
 import logging
-import ssl
 import sys
 import threading
 import time
@@ -22,8 +21,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .access import ApiAccess
-from .counters import OpenSessions
-from .engine import Engine
 from .scenario import (
     Rule,
     Scenario,
@@ -32,115 +29,17 @@ from .scenario import (
     quick_rule,
     with_rules_first,
 )
-from .smtp import Profile, ScenarioSMTP
+from .session.lmtp import LMTPSession
+from .session.runtime import SHUTDOWN_GRACE, Runtime
+from .session.smtp import ScenarioSMTP
 from .stages import Stage
 from .store import CapturedMessage, DirStore, Exchange, MemoryStore, SessionRecord
-from .tls import server_context
 
 log = logging.getLogger("fakesmtp")
 
 LISTEN_BACKLOG = 1024  # asyncio's default of 100 leaves a burst of clients without a banner
-SHUTDOWN_GRACE = 5.0  # seconds a session mid-command gets to finish before it is cut
 
 ScenarioSpec = Scenario | Mapping[str, Any] | str | Path | None
-
-
-class Runtime:
-    """What every session of one server shares: scenario, engine, store, live sessions."""
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        store: MemoryStore,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        cert: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.loop = loop
-        self.store = store
-        self.cert, self.key = cert, key
-        self.profile = self._profile(scenario)
-        self.active: set[ScenarioSMTP] = set()
-        self.open_sessions = OpenSessions()  # for `concurrent` conditions; outlives swaps
-        self.shutting_down = False
-        self.errors: list[BaseException] = []
-
-    def _profile(self, scenario: Scenario) -> Profile:
-        tls = scenario.server.tls
-        context = self.tls_context(scenario) if tls.starttls or tls.required else None
-        return Profile(scenario, context)
-
-    def tls_context(self, scenario: Scenario) -> ssl.SSLContext:
-        """From the command line's certificate, else the scenario's, else a generated one."""
-        tls = scenario.server.tls
-        cert, key = (self.cert, self.key) if self.cert else (tls.cert, tls.key)
-        return server_context(scenario.server.hostname, cert, key)
-
-    @property
-    def engine(self) -> Engine:
-        """The current scenario's rule engine (counters, random generator)."""
-        return self.profile.engine
-
-    @property
-    def scenario(self) -> Scenario:
-        return self.profile.scenario
-
-    def use(self, scenario: Scenario, keep_counts: bool = False) -> None:
-        """Swap the scenario (on the loop thread): the next command of every session sees it.
-
-        One assignment swaps settings and rules together; a command already under way keeps
-        the profile (and engine) it began with. ``keep_counts``: rules the two scenarios share
-        keep their times/after counts (a rule added or removed at run time).
-        """
-        profile = self._profile(scenario)  # may build a certificate: before the swap
-        if keep_counts:
-            profile.engine.keep_counts_of(self.profile.engine)
-        self.profile = profile
-
-    def session_opened(self, session: ScenarioSMTP) -> bool:
-        """Register a session; True when it is over the connection limit."""
-        assert session.record is not None
-        self.active.add(session)
-        self.store.open_session(session.record)
-        if session.facts is not None:
-            self.open_sessions.opened(session.facts)
-        return len(self.active) > self.profile.settings.max_connections
-
-    def session_closed(self, session: ScenarioSMTP) -> None:
-        self.active.discard(session)
-        if session.facts is not None:
-            self.open_sessions.closed(session.facts)
-        assert session.record is not None
-        self.store.close_session(session.record)
-
-    def internal_error(self, session: ScenarioSMTP, error: BaseException) -> None:
-        """Our own bug: logged once with its traceback, kept for the test to see."""
-        log.error(
-            "internal error in session %s",
-            session.record.id if session.record else "?",
-            exc_info=error,
-        )
-        self.errors.append(error)
-
-    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """421 to idle sessions at once; busy ones finish their command, then get theirs."""
-        self.shutting_down = True
-        for session in list(self.active):
-            if session.awaiting_command and session.transport is not None and not session.closing:
-                session.end_reason = "server shutting down"
-                session._write_reply(
-                    Stage.UNKNOWN, None, session.profile.shutdown, None, note="shutdown"
-                )
-                session._close()
-            elif session.hanging and session.transport is not None:
-                session.transport.abort()
-        deadline = time.monotonic() + grace
-        while self.active and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for session in list(self.active):
-            if session.transport is not None:
-                session.transport.abort()
 
 
 class ConsoleLine:
@@ -330,17 +229,13 @@ class FakeSMTP:
             stream = self._echo if not isinstance(self._echo, bool) else None
             self.store.subscribe(ConsoleLine(stream, self._echo_each))
         runtime = self.runtime
-        session_class: type[ScenarioSMTP] = ScenarioSMTP
-        if self.lmtp:
-            from .lmtp import LMTPSession
-
-            session_class = LMTPSession
+        session_class = LMTPSession if self.lmtp else ScenarioSMTP
         # Listeners join self._servers only once all are up: `serve` prints its first line (the
         # ports, the API's included) when it sees them, so they must be final by then.
         servers: list[asyncio.base_events.Server] = []
         try:
             server = await loop.create_server(
-                lambda: session_class(runtime),
+                session_class.listener(runtime),
                 self.host,
                 self.port,
                 backlog=LISTEN_BACKLOG,
@@ -351,7 +246,7 @@ class FakeSMTP:
             if self.tls_port is not None:
                 context = runtime.tls_context(runtime.scenario)
                 tls_server = await loop.create_server(
-                    lambda: session_class(runtime, implicit_tls=True),
+                    session_class.listener(runtime, implicit_tls=True),
                     self.host,
                     self.tls_port,
                     ssl=context,
@@ -457,6 +352,11 @@ class FakeSMTP:
     # ------------------------------------------------------------------ inspecting
 
     @property
+    def listening(self) -> bool:
+        """True once every listener accepts connections (and until stop)."""
+        return bool(self._servers)
+
+    @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
@@ -543,16 +443,7 @@ class FakeSMTP:
         if runtime is None:
             return 0
 
-        def cut() -> int:
-            live = list(runtime.active)
-            for session in live:
-                session.end_reason = session.end_reason or "cut by FakeSMTP.disconnect()"
-                session.hanging = False
-                if session.transport is not None:
-                    session.transport.abort()
-            return len(live)
-
-        return self._on_loop(cut)
+        return self._on_loop(lambda: runtime.cut_all("cut by FakeSMTP.disconnect()"))
 
     def _on_loop(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` on the server's loop and return its result (from any thread)."""
@@ -635,9 +526,6 @@ class FakeSMTP:
             self._on_loop(lambda: runtime.use(changed, keep_counts=True))
         self._added = added
 
-    def _add_rule(self, rule: Rule) -> None:
-        self.add_rule(rule)
-
     def reset(self, messages: bool = True, sessions: bool = True) -> None:
         """Forget counters (times/after, the random generator) and, by default, what was stored."""
         if self.runtime is not None:
@@ -672,7 +560,7 @@ class RuleBuilder:
 
     def _add(self, **then: Any) -> Rule:
         rule = load_scenario({"rules": [{**self._rule, **then}]}).rules[0]
-        self._server._add_rule(rule)
+        self._server.add_rule(rule)
         return rule
 
     def reply(self, reply: str | int | dict[str, Any], *, delay: str | float | None = None,

@@ -429,3 +429,24 @@ def test_openapi_documents_every_route_and_no_other() -> None:
         for method in operations
     }
     assert documented == {(method, path) for method, path, _ in routes()}
+
+
+def test_a_rule_added_with_on_after_a_put_is_tried_before_the_put_rules(api: Api) -> None:
+    smtp = api.smtp
+    smtp.on("rcpt", to="first@x.test").reply("451 4.3.0 before the PUT")
+    body = b"rules:\n  - {on: rcpt, reply: 550 5.1.1 from the PUT}\n"
+    assert api("PUT", "/api/v1/scenario", body).status == 200
+    smtp.on("rcpt", to="*@full.test").reply("452 4.2.2 Mailbox full")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        api.send(["bob@full.test", "carol@x.test", "first@x.test"])
+    # on() promises its rules go first; the PUT replaced the scenario, with what on() added before.
+    assert refused.value.recipients == {
+        "bob@full.test": (452, b"4.2.2 Mailbox full"),
+        "carol@x.test": (550, b"5.1.1 from the PUT"),
+        "first@x.test": (550, b"5.1.1 from the PUT"),
+    }
+    assert api("POST", "/api/v1/reset?scenario=true").status == 200
+    smtp.on("rcpt").reply("453 4.3.0 after the reset")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        api.send(["dave@x.test"])
+    assert refused.value.recipients == {"dave@x.test": (453, b"4.3.0 after the reset")}

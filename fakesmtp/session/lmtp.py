@@ -7,11 +7,12 @@ recipient it accepted, in RCPT order. An ``end_of_data`` rule is decided per rec
 
 from __future__ import annotations
 
-from .engine import Decision
-from .reply import Reply
-from .smtp import Profile, ScenarioSMTP, SessionOver
-from .stages import VERB_STAGES, Action, Stage
-from .store import new_id
+from ..engine import Decision
+from ..reply import Reply
+from ..stages import VERB_STAGES, Action, Stage
+from ..store import new_id
+from .profile import Profile
+from .smtp import ScenarioSMTP
 
 _SILENT = (Action.DROP, Action.RESET, Action.HANG)
 
@@ -27,9 +28,9 @@ class LMTPSession(ScenarioSMTP):
         return profile.lmtp_banner
 
     async def smtp_LHLO(self, arg: str, shown: str) -> None:
-        await self._greet(Stage.EHLO, arg, shown, extended=True)
+        await self.greet(Stage.EHLO, arg, shown, extended=True)
 
-    async def _answer_message(self, raw: bytes) -> None:
+    async def answer_message(self, raw: bytes) -> None:
         facts = self.facts
         assert facts is not None
         recipients = list(facts.recipients)
@@ -43,13 +44,13 @@ class LMTPSession(ScenarioSMTP):
                 default = Reply(
                     code=250, status="2.0.0", lines=(f"<{recipient}> Ok: queued as {message_id}",)
                 )
-                reply = decision.reply if decision is not None and decision.reply else default
-                plan.append((recipient, decision, reply))
+                plan.append((recipient, decision, default))
         finally:
             facts.recipients = recipients
         # Kept for the recipients that will hear a 2xx: those before any silent or closing rule.
         acknowledged = []
-        for recipient, decision, reply in plan:
+        for recipient, decision, default in plan:
+            reply = decision.reply if decision is not None and decision.reply else default
             action = decision.action if decision is not None else None
             if action in _SILENT:
                 break
@@ -57,22 +58,16 @@ class LMTPSession(ScenarioSMTP):
                 acknowledged.append(recipient)
             if reply.closes or action is Action.CLOSE:
                 break
-        failure = await self._keep_message(message_id, raw, acknowledged) if acknowledged else None
-        for recipient, decision, reply in plan:
-            shown = f"<message for {recipient}, {len(raw)} bytes>"
+        failure = await self.keep_message(message_id, raw, acknowledged) if acknowledged else None
+
+        async def stored() -> Reply | None:  # the 451 instead of a 250 if keeping it failed
+            return failure
+
+        for recipient, decision, default in plan:
             facts.recipient = recipient
             try:
-                if decision is not None and decision.delay:
-                    await self._pause(decision.delay)
-                if decision is not None and decision.action in _SILENT:
-                    await self._end_without_reply(Stage.END_OF_DATA, shown, decision)
-                if failure is not None and reply.positive:
-                    reply = failure
-                await self._send(Stage.END_OF_DATA, shown, reply, decision)
-                if reply.closes or (decision is not None and decision.action is Action.CLOSE):
-                    self.end_reason = self.end_reason or "closed by rule"
-                    self._close()
-                    raise SessionOver
+                shown = f"<message for {recipient}, {len(raw)} bytes>"
+                await self.respond(Stage.END_OF_DATA, shown, default, decision, commit=stored)
             finally:
                 facts.recipient = None
 
