@@ -121,13 +121,10 @@ class Metrics:
         return encoder(registry), content_type
 
 
-async def serve_metrics(request: Any) -> Any:
+def serve_metrics(request: Any, metrics: Metrics) -> Any:
     """``GET /metrics``: the API's route (aiohttp is imported by the API, never here first)."""
     from aiohttp import web
 
-    from .api import FAKE
-
-    metrics = request.app[FAKE].metrics
     body, content_type = metrics.render(request.headers.get("Accept"))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type  # carries its own version and charset

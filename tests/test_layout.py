@@ -16,14 +16,15 @@ import fakesmtp
 PACKAGE = Path(fakesmtp.__file__).parent
 # What sits below what: a module may import only from its own layer or a lower one.
 LAYERS = [
-    {"stages", "patterns", "reply", "tls", "store"},
+    {"stages", "patterns", "reply", "tls", "store", "suggest", "counters", "eventloop", "version"},
+    {"yaml_errors", "metrics"},
     {"catalog", "scenario"},
     {"engine"},
     {"session.wire", "session.auth", "session.profile", "session.runtime"},
     {"session.smtp", "session.lmtp", "session"},
     {"bounce"},
     # FakeSMTP starts the API on its own loop, and the API is a view of a FakeSMTP: peers.
-    {"server", "api", "version"},
+    {"server", "api"},
     {"pytest_plugin", "cli", "__main__", ""},
 ]
 

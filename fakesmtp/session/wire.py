@@ -76,8 +76,8 @@ class Wire(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio's hooks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not derive from asyncio.Transport: trust the protocol.
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
         self.tls = transport.get_extra_info("sslcontext") is not None
