@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import __version__, chaos
+from . import chaos
 from .api import FAKE, ApiError, Handler
 from .mailview import Address, Part, iso, view
 from .search import matcher
 from .store import CapturedMessage
+from .version import __version__
 
 if TYPE_CHECKING:
     from .server import FakeSMTP
