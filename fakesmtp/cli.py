@@ -603,5 +603,10 @@ main.add_command(messages)
 main.add_command(sessions)
 
 
+from .record.command import record  # noqa: E402 - its module imports the relay only when run
+
+main.add_command(record)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
