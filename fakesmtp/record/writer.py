@@ -298,7 +298,11 @@ def plan_rules(
                 continue
             match = _narrowing(step, upstream, keep_bodies)
             group = groups.setdefault((step.stage, match), _Group(step.stage, match))
-            outcome = _outcome(step)
+            plain = step.reply is not None and _is_default(
+                step.stage, step.reply, upstream, defaults
+            )
+            # Every reply fakesmtp would give anyway is one outcome (queue ids differ).
+            outcome = ("default",) if plain else _outcome(step)
             if group.runs and group.runs[-1].outcome == outcome:
                 group.runs[-1].steps.append((session, step))
             else:
@@ -310,15 +314,16 @@ def plan_rules(
             last = index == len(group.runs) - 1
             delay = _delay(run, delay_threshold)
             reply = run.steps[0][1].reply
-            plain = reply is not None and _is_default(group.stage, reply, upstream, defaults)
+            plain = run.outcome == ("default",)
             if last and plain and delay is None:
                 continue  # what fakesmtp says anyway
             positive = reply is not None and reply.code < 400
             rule = PlannedRule(
                 stage=group.stage,
                 match=group.match,
-                # A default reply late is a delay alone; one that later changed is written out.
-                outcome=("delay",) if plain and last else run.outcome,
+                # fakesmtp's own reply (late, or before the upstream changed its mind): a rule
+                # that only waits, then gives the normal reply.
+                outcome=("delay",) if plain else run.outcome,
                 times=None if last else len(run.steps),
                 delay=delay,
                 steps=run.steps,
@@ -450,6 +455,8 @@ def _rule_yaml(rule: PlannedRule, upstream: Upstream, keep_bodies: bool) -> list
         lines.append(f"    action: {kind}")
     if rule.delay is not None:
         lines.append(f"    delay: {rule.delay:g}s")
+    elif kind == "delay":
+        lines.append("    delay: 0s  # then the normal reply")
     if rule.times is not None:
         lines.append(f"    times: {rule.times}")
     return lines

@@ -1,0 +1,343 @@
+"""``fakesmtp record`` against a fakesmtp upstream: what the client sees, what the file says.
+
+The upstream here is a fakesmtp serving a scenario, so every behaviour a test needs is one rule
+away: multi-line replies, greylisting, drops and resets at any stage, slow replies, AUTH. (The
+Postfix round trip is tests/test_record_postfix.py.)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fakesmtp import FakeSMTP
+from fakesmtp.record import Recorder
+from fakesmtp.scenario import load_scenario_text
+
+UPSTREAM = """
+server:
+  hostname: mx.upstream.test
+  tls: {starttls: true}
+  auth: {mechanisms: [PLAIN, LOGIN], users: {alice: "s3cret-pass"}}
+rules:
+  - on: connect
+    reply: "220 mx.upstream.test ESMTP ready"
+  - on: rcpt
+    match: {to: "bob@example.test"}
+    reply: "550 5.1.1 <bob@example.test>: Recipient address rejected: User unknown"
+  - on: rcpt
+    match: {to: "grey@example.test"}
+    times: 1
+    reply: "451 4.7.1 Greylisted, try again later"
+  - on: end_of_data
+    match: {to: "spam@example.test"}
+    reply: {code: 554, status: "5.7.1", text: ["Message refused as spam.", "See {{policy}}."]}
+  - on: rcpt
+    match: {to: "*@reset.test"}
+    action: reset
+  - on: data
+    match: {to: "*@drop-at-data.test"}
+    action: drop
+  - on: end_of_data
+    match: {to: "*@drop.test"}
+    action: drop
+"""
+Step = tuple[str, Any]
+
+
+@pytest.fixture
+def upstream(serve: Callable[..., FakeSMTP]) -> FakeSMTP:
+    return serve(UPSTREAM)
+
+
+@pytest.fixture
+def recorder() -> Iterator[Callable[..., Recorder]]:
+    started: list[Recorder] = []
+
+    def start(upstream: FakeSMTP, **options: Any) -> Recorder:
+        recorder = Recorder(f"{upstream.host}:{upstream.port}", **options).start_background()
+        started.append(recorder)
+        return recorder
+
+    yield start
+    for recorder in started:
+        recorder.stop_background()
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    """A reply, or how the connection ended (smtplib turns a drop and a reset into errors)."""
+    try:
+        return call()
+    except smtplib.SMTPServerDisconnected as error:
+        return ("disconnected", "reset" if "reset" in str(error).lower() else "closed")
+    except (smtplib.SMTPDataError, smtplib.SMTPAuthenticationError) as error:
+        return (error.smtp_code, error.smtp_error)
+
+
+def conversation(host: str, port: int, recipients: list[str]) -> list[Step]:
+    """One transaction: the replies at every step, or where and how the line went."""
+    steps: list[Step] = []
+    smtp = smtplib.SMTP(host, port, timeout=5)
+    try:
+        steps.append(("ehlo", smtp.ehlo("app.example.test")))
+        steps.append(("mail", smtp.mail("app@example.test")))
+        for recipient in recipients:
+            steps.append((f"rcpt {recipient}", _outcome(lambda r=recipient: smtp.rcpt(r))))
+            if steps[-1][1][0] == "disconnected":
+                return steps
+        data = _outcome(lambda: smtp.data(b"Subject: hi\r\n\r\nHello.\r\n"))
+        if isinstance(data[1], bytes):  # each server names its own queue id
+            data = (data[0], re.sub(rb"queued as \S+", b"queued as <id>", data[1]))
+        steps.append(("data", data))
+        if steps[-1][1][0] == "disconnected":
+            return steps
+        steps.append(("quit", smtp.quit()))
+    finally:
+        smtp.close()
+    return steps
+
+
+SESSIONS = [
+    ["ok@example.test", "bob@example.test", "grey@example.test"],
+    ["grey@example.test", "spam@example.test"],
+    ["carl@drop.test"],
+    ["dan@reset.test"],
+    ["erin@drop-at-data.test"],
+]
+
+
+def test_replay_is_what_the_upstream_said_multiline_greylisting_drop_and_reset(
+    upstream: FakeSMTP, recorder: Callable[..., Recorder], serve: Callable[..., FakeSMTP]
+) -> None:
+    relay = recorder(upstream)
+    recorded = [conversation(relay.host, relay.port, r) for r in SESSIONS]
+    relay.wait_for_sessions(len(SESSIONS))
+    text = relay.yaml()
+    replay = serve(text)
+    replayed = [conversation(replay.host, replay.port, r) for r in SESSIONS]
+    assert replayed == recorded
+    # What the client saw through the relay is the upstream's, not the relay's.
+    assert recorded[0][4][1] == (451, b"4.7.1 Greylisted, try again later")
+    assert recorded[1][1 + 1][1] == (250, b"2.1.5 Ok")  # the greylisted retry went through
+    assert recorded[1][-1][1][0] == 221
+    assert ("data", (554, b"5.7.1 Message refused as spam.\n5.7.1 See {policy}.")) in recorded[1]
+    assert recorded[2][-1] == ("data", ("disconnected", "closed"))
+    assert recorded[3][-1] == ("rcpt dan@reset.test", ("disconnected", "reset"))
+    assert recorded[4][-1] == ("data", ("disconnected", "closed"))
+    rules = load_scenario_text(text).rules
+    actions = {(r.on.value, r.action.value) for r in rules if r.action is not None}
+    assert actions == {("end_of_data", "drop"), ("rcpt", "reset"), ("data", "drop")}
+    grey = [r for r in rules if r.match.keys == ("to",) and r.times == 1]
+    assert len(grey) == 1 and grey[0].reply is not None and grey[0].reply.code == 451
+
+
+def test_the_file_holds_the_upstream_identity_and_only_what_differs(
+    upstream: FakeSMTP, recorder: Callable[..., Recorder]
+) -> None:
+    relay = recorder(upstream)
+    conversation(relay.host, relay.port, ["ok@example.test", "bob@example.test"])
+    relay.wait_for_sessions(1)
+    data = yaml.safe_load(relay.yaml())
+    assert data["server"]["hostname"] == "mx.upstream.test"
+    assert data["server"]["tls"] == {"starttls": True}
+    assert data["server"]["auth"] == {"mechanisms": ["PLAIN", "LOGIN"]}
+    # The banner and the refusal; fakesmtp's own 250s, 354 and 221 are not written.
+    assert [(r[True], r.get("match")) for r in data["rules"]] == [
+        ("connect", None),
+        ("rcpt", {"to": "bob@example.test"}),
+    ]
+    text = relay.yaml()
+    assert "# recorded " in text and f"from 127.0.0.1:{upstream.port} (session 1)" in text
+
+
+def test_credentials_reach_the_upstream_and_nothing_else(
+    upstream: FakeSMTP, recorder: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    out = tmp_path / "auth.yaml"
+    relay = recorder(upstream, out=out)
+    secret = "s3cret-pass"
+    blob = base64.b64encode(f"\0alice\0{secret}".encode()).decode()
+    context = ssl._create_unverified_context()
+    with smtplib.SMTP(relay.host, relay.port, timeout=5) as smtp:
+        smtp.starttls(context=context)
+        assert smtp.login("alice", secret)[0] == 235  # PLAIN, as the upstream checked it
+    with smtplib.SMTP(relay.host, relay.port, timeout=5) as smtp:
+        smtp.starttls(context=context)
+        smtp.ehlo("app.example.test")
+        smtp.user, smtp.password = "alice", secret  # what auth_login answers the 334s with
+        assert smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)[0] == 235
+    relay.wait_for_sessions(2)
+    text = out.read_text()
+    for leak in (secret, blob, base64.b64encode(secret.encode()).decode(), "alice"):
+        assert leak not in text
+    steps = [s for session in relay.recording.sessions() for s in session.steps]
+    assert all(secret not in (s.command or "") and "alice" not in (s.command or "") for s in steps)
+    assert "AUTH PLAIN ****" in [s.command for s in steps]
+    assert load_scenario_text(text).server.auth is not None
+    upstream_auth = [e for s in upstream.sessions for e in s.exchanges if e.stage == "auth"]
+    assert upstream_auth and upstream_auth[-1].reply.startswith("235")
+
+
+def test_the_upstream_link_is_tls_when_offered_whatever_the_client_does(
+    upstream: FakeSMTP, recorder: Callable[..., Recorder]
+) -> None:
+    relay = recorder(upstream)
+    with smtplib.SMTP(relay.host, relay.port, timeout=5) as smtp:
+        code, lines = smtp.ehlo("plain.example.test")
+        assert code == 250 and b"STARTTLS" in lines  # offered to the client, as upstream does
+        assert smtp.mail("app@example.test")[0] == 250
+    relay.wait_for_sessions(1)
+    (session,) = relay.recording.sessions()
+    assert session.upstream_tls  # the relay's own link went TLS
+    assert all(not step.tls for step in session.steps)  # the client's did not
+    (seen,) = upstream.sessions
+    assert seen.tls
+
+
+def test_slow_replies_keep_their_delay(
+    serve: Callable[..., FakeSMTP], recorder: Callable[..., Recorder]
+) -> None:
+    slow = serve("rules:\n  - on: mail\n    delay: 400ms\n")
+    relay = recorder(slow, delay_threshold=0.3)
+    conversation(relay.host, relay.port, ["ok@example.test"])
+    relay.wait_for_sessions(1)
+    (rule,) = [r for r in load_scenario_text(relay.yaml()).rules if r.on.value == "mail"]
+    assert rule.reply is None and 0.4 <= rule.delay < 0.8  # the normal reply, as late
+
+
+def test_append_adds_new_rules_before_a_catch_all_and_keeps_the_file(
+    upstream: FakeSMTP, recorder: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    out = tmp_path / "mx.yaml"
+    out.write_text(
+        "# hand-written: keep this comment\n"
+        "name: mine\n"
+        "rules:\n"
+        "  - on: rcpt\n"
+        '    match: {to: "bob@example.test"}\n'
+        '    reply: "550 5.1.1 <bob@example.test>: Recipient address rejected: User unknown"\n'
+        "  # every other recipient is full\n"
+        "  - on: rcpt\n"
+        '    reply: "452 4.2.2 Mailbox full"\n'
+    )
+    relay = recorder(upstream, out=out, append=True)
+    conversation(relay.host, relay.port, ["bob@example.test", "grey@example.test"])
+    relay.wait_for_sessions(1)
+    text = out.read_text()
+    assert text.startswith("# hand-written: keep this comment\nname: mine\n")
+    assert text.count("bob@example.test") == 2  # the rule it had is not written again
+    scenario = load_scenario_text(text)
+    rcpt = [r for r in scenario.rules if r.on.value == "rcpt"]
+    assert [r.match.keys for r in rcpt] == [("to",), ("to",), ()]  # grey before the catch-all
+    assert text.index("grey@example.test") < text.index("# every other recipient is full")
+    replay_steps = conversation_against(text, ["grey@example.test"])
+    assert replay_steps[2][1] == (451, b"4.7.1 Greylisted, try again later")
+
+
+def conversation_against(text: str, recipients: list[str]) -> list[Step]:
+    with FakeSMTP(text) as replay:
+        return conversation(replay.host, replay.port, recipients)
+
+
+def test_message_text_is_kept_only_with_keep_bodies(
+    upstream: FakeSMTP, recorder: Callable[..., Recorder]
+) -> None:
+    plain = recorder(upstream)
+    conversation(plain.host, plain.port, ["spam@example.test"])
+    plain.wait_for_sessions(1)
+    assert "Hello." not in plain.yaml() and "subject" not in plain.yaml()
+    keeping = recorder(upstream, keep_bodies=True)
+    conversation(keeping.host, keeping.port, ["spam@example.test"])
+    keeping.wait_for_sessions(1)
+    text = keeping.yaml()
+    assert "#     Hello." in text
+    (rule,) = [r for r in load_scenario_text(text).rules if r.on.value == "end_of_data"]
+    assert rule.match.keys == ("to", "subject")
+
+
+def test_an_unreachable_upstream_is_a_421_from_the_relay() -> None:
+    with Recorder("127.0.0.1:1", timeout=2) as relay:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP(relay.host, relay.port, timeout=5)
+        assert refused.value.smtp_code == 421
+        assert b"4.4.1 fakesmtp record: cannot reach the upstream" in refused.value.smtp_error
+        relay.wait_for_sessions(1)
+        assert "rules: []" in relay.yaml()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_record_command_listens_relays_and_writes_the_file(
+    upstream: FakeSMTP, tmp_path: Path
+) -> None:
+    out = tmp_path / "cli.yaml"
+    command = [sys.executable, "-m", "fakesmtp", "record", "--upstream",
+               f"127.0.0.1:{upstream.port}", "--port", "0", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("fakesmtp record: SMTP on 127.0.0.1:"), first
+        port = int(first.split("127.0.0.1:")[1].split(",")[0])
+        conversation("127.0.0.1", port, ["bob@example.test"])
+        secret = base64.b64encode(b"\0alice\0s3cret-pass").decode()
+        with smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
+            smtp.starttls(context=ssl._create_unverified_context())
+            smtp.ehlo("app.example.test")
+            assert smtp.docmd("AUTH", f"PLAIN {secret}")[0] == 235
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "-> 550 5.1.1 <bob@example.test>" in stdout  # one line per exchange
+    assert secret not in stdout + stderr and "s3cret" not in stdout + stderr
+    assert "2 session(s) recorded" in stderr
+    assert load_scenario_text(out.read_text()).rules
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--upstream", "mx.example.test:99999"], "--upstream: '99999' is not a port number"),
+        (["--upstream", "mx.example.test", "--append"], "--append needs --out FILE"),
+        (["--upstream", "mx.example.test", "--delay-threshold", "soon"], "--delay-threshold:"),
+    ],
+)
+def test_record_command_bad_input_is_one_line_and_exit_2(
+    arguments: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fakesmtp", "record", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_append_to_an_invalid_file_is_refused_before_listening(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - on: rcpt\n    reply: 999\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "fakesmtp", "record", "--upstream", "127.0.0.1:2525",
+         "--out", str(bad), "--append", "--port", "0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--append: cannot append to an invalid scenario" in done.stderr
+    assert f"{bad}:3" in done.stderr
