@@ -79,6 +79,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         *rules_api.routes(),
         *mailpit.routes(),
         *mailhog.routes(),
+        *record_http.routes(),  # /api/v1/record: fakesmtp record from the API and the page
     ]
 
 
@@ -89,6 +90,7 @@ async def start_api(fake: FakeSMTP, host: str, port: int) -> tuple[web.AppRunner
     app[FAKE] = fake
     app[STOPPING] = asyncio.Event()
     mailpit.setup(app)
+    record_http.setup(app)
     for method, path, handler in routes():
         app.router.add_route(method, path, handler)
     app.router.add_static("/static/", STATIC)
@@ -637,3 +639,4 @@ async def reset(request: web.Request) -> web.Response:
 
 # Last: these modules read this one's names (FAKE, ApiError, Handler) when they load.
 from . import mailhog, mailpit, rules_api  # noqa: E402
+from .record import http as record_http  # noqa: E402

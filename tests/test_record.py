@@ -8,6 +8,7 @@ Postfix round trip is tests/test_record_postfix.py.)
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -15,6 +16,9 @@ import smtplib
 import ssl
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -341,3 +345,72 @@ def test_append_to_an_invalid_file_is_refused_before_listening(tmp_path: Path) -
     assert done.returncode == 2
     assert "--append: cannot append to an invalid scenario" in done.stderr
     assert f"{bad}:3" in done.stderr
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def _call(api: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(api + path, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        raw, status = error.read(), error.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+def test_record_from_the_api_watch_it_grow_stop_and_serve_it(
+    upstream: FakeSMTP, serve: Callable[..., FakeSMTP]
+) -> None:
+    server = serve(api_port=0)
+    api = f"http://{server.api_host}:{server.api_port}/api/v1"
+    assert _call(api, "GET", "/record")[1]["recording"] is False
+    body = json.dumps({"upstream": f"127.0.0.1:{upstream.port}"}).encode()
+    status, started = _call(api, "POST", "/record", body)
+    assert status == 201 and started["recording"] and started["sessions"] == 0
+    port = started["listening"]["port"]
+    assert _call(api, "POST", "/record", body)[0] == 409  # one at a time
+    conversation("127.0.0.1", port, ["bob@example.test"])
+    deadline = time.monotonic() + 5
+    while _call(api, "GET", "/record")[1]["sessions"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grown = _call(api, "GET", "/record")[1]
+    assert 'match: {to: "bob@example.test"}' in grown["yaml"]
+    status, stopped = _call(api, "DELETE", "/record")
+    assert status == 200 and stopped["recording"] is False and stopped["listening"] is None
+    with pytest.raises(OSError):
+        smtplib.SMTP("127.0.0.1", port, timeout=2)
+    status, text = _call(api, "GET", "/record?format=yaml")
+    assert status == 200 and text == stopped["yaml"]
+    # Serve it, as the page's "Serve this recording" does: its rules are like any other.
+    status, scenario = _call(api, "PUT", "/scenario", text.encode())
+    assert status == 200 and [r["on"] for r in scenario["rules"]] == ["connect", "rcpt"]
+    with smtplib.SMTP(server.host, server.port, timeout=5) as smtp:
+        smtp.ehlo("app.example.test")
+        smtp.mail("app@example.test")
+        assert smtp.rcpt("bob@example.test")[0] == 550
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"{}", 400, 'the body needs "upstream"'),
+        (b'{"upstream": "mx:0"}', 400, "upstream: '0' is not a port number"),
+        (b'{"upstream": "mx", "relay": "x"}', 400, "unknown option 'relay'"),
+        (b'{"upstream": "mx", "port": -1}', 400, "port must be"),
+    ],
+)
+def test_record_api_refuses_bad_requests(
+    serve: Callable[..., FakeSMTP], body: bytes, status: int, error: str
+) -> None:
+    server = serve(api_port=0)
+    api = f"http://{server.api_host}:{server.api_port}/api/v1"
+    got, data = _call(api, "POST", "/record", body)
+    assert got == status and data["error"].startswith(error)
+    assert _call(api, "DELETE", "/record")[0] == 404
