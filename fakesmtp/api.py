@@ -572,6 +572,8 @@ def _problems(error: ScenarioError) -> list[dict[str, Any]]:
             "key": p.key,
             "message": p.message,
             "allowed": p.allowed,
+            "hint": p.hint,  # what to write instead, for YAML that does not parse
+            "column": p.column,
             "text": str(p),
         }
         for p in error.problems

@@ -101,12 +101,14 @@ def main() -> None:
 )
 @click.option(
     "--host",
+    metavar="HOST",
     default="127.0.0.1",
     show_default=True,
     help="Address to listen on. Use 0.0.0.0 only where you mean it (containers).",
 )
 @click.option(
     "--port",
+    metavar="N",
     default=1025,
     show_default=True,
     type=click.IntRange(0, 65535),
@@ -114,6 +116,7 @@ def main() -> None:
 )
 @click.option(
     "--api-port",
+    metavar="N",
     default=8025,
     show_default=True,
     type=click.IntRange(0, 65535),
@@ -203,7 +206,7 @@ def serve(
     loop_kind: str,
     log_each: str,
 ) -> None:
-    """Serve SMTP as the scenario says, printing one line per exchange.
+    """Serve SMTP as the scenario says, one line per exchange.
 
     \b
     Examples:
@@ -399,7 +402,10 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
 @click.argument("files", nargs=-1, required=True, metavar="FILE|NAME|-...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON report for all files.")
 def validate(files: tuple[str, ...], as_json: bool) -> None:
-    """Check scenarios: every problem as FILE:LINE: key: what is wrong (allowed: ...).
+    """Check scenarios and report every problem at once.
+
+    Each problem is one FILE:LINE: key: what is wrong (allowed: ...) line, with the fix when
+    it is known.
 
     Takes files, built-in names and - (standard input). Exits 0 when every one is valid,
     2 otherwise.
@@ -437,7 +443,9 @@ def validate(files: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
 @click.pass_context
 def scenarios(ctx: click.Context, as_json: bool) -> None:
-    """The built-in scenarios, one line each (use them with --scenario NAME).
+    """The built-in scenarios; `show NAME` prints one.
+
+    Use them with `fakesmtp serve --scenario NAME`.
 
     \b
     Examples:
@@ -467,7 +475,9 @@ def scenarios(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Name, file and YAML text as JSON.")
 def scenarios_show(name: str, as_json: bool) -> None:
-    """Print a built-in scenario's YAML, comments included, to start your own from.
+    """A built-in scenario's YAML, comments included.
+
+    A start for your own: copy it, change it, check it with `fakesmtp validate`.
 
     \b
     Example:
@@ -485,10 +495,16 @@ def scenarios_show(name: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("words", nargs=-1, required=True, metavar="CODE|X.Y.Z|REPLY|-")
-@click.option("--lang", type=click.Choice(["en", "fr"]), default="en", show_default=True)
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "fr"]),
+    default="en",
+    show_default=True,
+    help="Language of the explanations.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
 def explain(words: tuple[str, ...], lang: str, as_json: bool) -> None:
-    """What a reply code, an enhanced status or a pasted reply means, and what to do.
+    """What a code, status or reply means, and what to do.
 
     A pasted reply is read from what it says: a vendor's known use of its status, the status,
     recognisable wording (greylisting, DMARC, rate limits...), then the code. - reads the
@@ -522,9 +538,20 @@ def explain(words: tuple[str, ...], lang: str, as_json: bool) -> None:
     type=click.Choice(["success", "intermediate", "transient", "permanent", "not-a-reply"]),
     help="Only codes of this class.",
 )
-@click.option("--stage", type=click.Choice(STAGE_NAMES), help="Only codes sent at this stage.")
+@click.option(
+    "--stage",
+    metavar="STAGE",
+    type=click.Choice(STAGE_NAMES),
+    help="Only codes sent at this stage (connect, helo, ... end_of_data ... unknown).",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON, for scripts.")
-@click.option("--lang", type=click.Choice(["en", "fr"]), default="en", show_default=True)
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "fr"]),
+    default="en",
+    show_default=True,
+    help="Language of the explanations.",
+)
 def codes(kind: str | None, stage: str | None, as_json: bool, lang: str) -> None:
     """The whole reply catalog as a table.
 
@@ -539,20 +566,28 @@ def codes(kind: str | None, stage: str | None, as_json: bool, lang: str) -> None
 
 
 @main.command("from-bounce")
-@click.argument("source", type=click.File("r", encoding="utf-8", errors="replace"))
+@click.argument(
+    "source", metavar="FILE|-", type=click.File("r", encoding="utf-8", errors="replace")
+)
 @click.option("--serve", "then_serve", is_flag=True, help="Serve the scenario at once.")
 @click.option(
     "--port",
+    metavar="N",
     default=1025,
     show_default=True,
     type=click.IntRange(0, 65535),
-    help="SMTP port, with --serve.",
+    help="With --serve: SMTP port.",
 )
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="With --serve: address to listen on."
+    "--host",
+    metavar="HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="With --serve: address to listen on.",
 )
 @click.option(
     "--api-port",
+    metavar="N",
     default=8025,
     show_default=True,
     type=click.IntRange(0, 65535),
@@ -567,7 +602,7 @@ def from_bounce(
     api_port: int,
     no_api: bool,
 ) -> None:
-    """Turn a bounce (DSN) or an MTA log line into a scenario giving the same reply.
+    """A bounce or MTA log line -> a scenario giving that reply.
 
     \b
     Examples:

@@ -119,7 +119,7 @@ def _message_line(message: dict[str, Any]) -> str:
 
 @click.group(cls=EnvGroup)
 def messages() -> None:
-    """Messages a running server accepted: list, show, raw, wait, clear.
+    """A running server's messages: list, show, raw, wait, clear.
 
     \b
     Examples:
@@ -145,7 +145,7 @@ def list_messages(
     api_token: str | None,
     as_json: bool,
 ) -> None:
-    """One line per message, newest first: id, time, sender, recipients, subject."""
+    """Messages, newest first: id, time, sender, recipients, subject."""
     query = {"to": to, "from": sender, "subject": subject, "limit": limit}
     data = Api(api, api_token).call("GET", "/api/v1/messages", query)
     if as_json:
@@ -176,7 +176,7 @@ def show_message(message_id: str, api: str, api_token: str | None, as_json: bool
 @click.argument("message_id", metavar="ID")
 @api_options
 def raw_message(message_id: str, api: str, api_token: str | None, as_json: bool) -> None:
-    """A message's raw bytes, exactly as received (RFC 5322), to standard output."""
+    """A message's exact bytes (RFC 5322), to standard output."""
     path = f"/api/v1/messages/{urllib.parse.quote(message_id)}"
     client = Api(api, api_token)
     if as_json:
@@ -187,8 +187,22 @@ def raw_message(message_id: str, api: str, api_token: str | None, as_json: bool)
 
 
 @messages.command("wait")
-@click.option("--count", default=1, show_default=True, type=click.IntRange(1), metavar="N")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), metavar="S")
+@click.option(
+    "--count",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="N",
+    help="How many messages to wait for.",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="S",
+    help="Seconds to wait before giving up.",
+)
 @click.option("--to", metavar="PATTERN", help="Count only messages to a matching recipient.")
 @click.option("--subject", metavar="PATTERN", help="Count only messages with a matching subject.")
 @api_options
@@ -201,7 +215,7 @@ def wait_messages(
     api_token: str | None,
     as_json: bool,
 ) -> None:
-    """Wait until N messages have arrived (exit 1 on timeout), then list them."""
+    """Wait for N messages (exit 1 on timeout), then list them."""
     query = {"count": count, "timeout": timeout, "to": to, "subject": subject}
     data = Api(api, api_token).call("GET", "/api/v1/messages/wait", query, timeout=timeout + 10)
     if as_json:
@@ -227,7 +241,7 @@ def clear_messages(api: str, api_token: str | None, as_json: bool) -> None:
 
 @click.group(cls=EnvGroup)
 def sessions() -> None:
-    """Sessions (SMTP conversations) on a running server: list, show, raw, wait, clear.
+    """A running server's sessions: list, show, raw, wait, clear.
 
     \b
     Examples:
@@ -252,7 +266,7 @@ def _session_line(session: dict[str, Any]) -> str:
 @click.option("--limit", type=click.IntRange(1), metavar="N", help="At most N, newest first.")
 @api_options
 def list_sessions(limit: int | None, api: str, api_token: str | None, as_json: bool) -> None:
-    """One line per session, newest first: id, time, client, worst reply, how it ended."""
+    """Sessions, newest first: client, worst reply, how it ended."""
     data = Api(api, api_token).call("GET", "/api/v1/sessions", {"limit": limit})
     if as_json:
         _echo_json(data)
@@ -266,7 +280,10 @@ def list_sessions(limit: int | None, api: str, api_token: str | None, as_json: b
 @click.argument("session_id", metavar="ID")
 @api_options
 def show_session(session_id: str, api: str, api_token: str | None, as_json: bool) -> None:
-    """The conversation as a learner reads it: C:/S: lines, rules, what refusals mean."""
+    """The conversation as a learner reads it.
+
+    C:/S: lines with offsets, the rule that fired, what each refusal means.
+    """
     data = Api(api, api_token).call("GET", f"/api/v1/sessions/{urllib.parse.quote(session_id)}")
     if as_json:
         _echo_json(data)
@@ -278,7 +295,7 @@ def show_session(session_id: str, api: str, api_token: str | None, as_json: bool
 @click.argument("session_id", metavar="ID")
 @api_options
 def raw_session(session_id: str, api: str, api_token: str | None, as_json: bool) -> None:
-    """The session's commands and replies exactly as sent, no annotations (for diffing)."""
+    """Commands and replies exactly as sent (for diffing)."""
     data = Api(api, api_token).call("GET", f"/api/v1/sessions/{urllib.parse.quote(session_id)}")
     if as_json:
         _echo_json(data["transcript"])
@@ -291,13 +308,27 @@ def raw_session(session_id: str, api: str, api_token: str | None, as_json: bool)
 
 
 @sessions.command("wait")
-@click.option("--count", default=1, show_default=True, type=click.IntRange(1), metavar="N")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), metavar="S")
+@click.option(
+    "--count",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="N",
+    help="How many ended sessions to wait for.",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="S",
+    help="Seconds to wait before giving up.",
+)
 @api_options
 def wait_sessions(
     count: int, timeout: float, api: str, api_token: str | None, as_json: bool
 ) -> None:
-    """Wait until N sessions have ended (exit 1 on timeout), then list them."""
+    """Wait for N ended sessions (exit 1 on timeout), then list them."""
     client = Api(api, api_token)
     deadline = time.monotonic() + timeout
     while True:  # the API has no long poll for sessions: ask twice a second

@@ -321,3 +321,29 @@ def test_the_api_token_is_sent_as_a_bearer_token() -> None:
         assert run("messages", "list", "--api", api, "--api-token", "s3cret").exit_code == 0
         from_env = run("sessions", "list", "--api", api, env={"FAKESMTP_API_TOKEN": "s3cret"})
         assert from_env.exit_code == 0
+
+
+def _commands(command, path=("fakesmtp",)):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_reads_consistently() -> None:
+    """Every command's summary fits the list untruncated; every option says what it is for."""
+    import click
+
+    for path, command in _commands(main):
+        # click's own limit in an 80-column terminal: what is left after the longest name.
+        siblings = dict(_commands(main)).get(path[:-1])
+        width = max(map(len, getattr(siblings, "commands", {"": None}))) if siblings else 0
+        summary = command.get_short_help_str(limit=80 - 6 - width)
+        if len(path) > 1:  # the root's summary is shown by nobody
+            assert summary and not summary.endswith("..."), f"{' '.join(path)}: {summary!r}"
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name not in ("help", "version"):
+                assert param.help, f"{' '.join(path)} {param.opts[0]} has no help"
+                if "port" in param.name:
+                    assert param.metavar == "N", f"{' '.join(path)} {param.opts[0]}"
+        result = CliRunner().invoke(main, [*path[1:], "--help"], prog_name="fakesmtp")
+        assert result.exit_code == 0 and result.stdout.startswith(f"Usage: {' '.join(path)} ")
