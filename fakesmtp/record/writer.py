@@ -130,7 +130,7 @@ def _read_capabilities(
 def _defaults(hostname: str) -> dict[Stage, Reply]:
     """fakesmtp's own reply at each stage: a recorded reply equal to it needs no rule."""
     from ..scenario import Scenario, ServerSettings
-    from ..smtp import Profile
+    from ..session.profile import Profile
 
     profile = Profile(Scenario(server=ServerSettings(hostname=hostname)), None)
     return {
