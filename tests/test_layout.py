@@ -25,7 +25,8 @@ LAYERS = [
     {"session.smtp", "session.lmtp", "session"},
     {"bounce"},
     # FakeSMTP starts the API on its own loop, and the API is a view of a FakeSMTP: peers.
-    {"server", "api", "chaos", "rules_api", "mailpit", "mailhog"},
+    # record relays (no engine of its own); its routes register with api like the others'.
+    {"server", "api", "chaos", "rules_api", "mailpit", "mailhog", "record"},
     {"pytest_plugin", "cli", "remote", "startup", "__main__", ""},
 ]
 
@@ -85,6 +86,8 @@ KNOWN_LOOPS = {
     "mailhog -> api -> mailhog",
     "mailpit -> api -> mailpit",
     "rules_api -> api -> rules_api",
+    "api -> record.http -> api",
+    "record.http -> api -> record.http",
 }
 
 
