@@ -677,6 +677,7 @@ def _record_line(kind: str, session: Any, err: bool) -> None:
     default=1025,
     show_default=True,
     type=click.IntRange(0, 65535),
+    metavar="N",
     help="Port to listen on (0 picks a free one).",
 )
 @click.option(
@@ -717,7 +718,7 @@ def record(
     key: str | None,
     quiet: bool,
 ) -> None:
-    """Relay SMTP to a real server and write what it answered as a scenario.
+    """Relay to a real server; write what it answered as a scenario.
 
     Every client session is passed to the upstream command by command, its replies come back
     unchanged, and each distinct reply becomes a rule. AUTH is passed through; credentials are
