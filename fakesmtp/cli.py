@@ -668,6 +668,7 @@ def _record_line(kind: str, session: Any, err: bool) -> None:
 @click.option("--append", is_flag=True, help="Add to FILE's rules; rules it has are not repeated.")
 @click.option(
     "--host",
+    metavar="HOST",
     default="127.0.0.1",
     show_default=True,
     help="Address to listen on. Use 0.0.0.0 only where you mean it.",
@@ -718,7 +719,7 @@ def record(
     key: str | None,
     quiet: bool,
 ) -> None:
-    """Relay to a real server; write what it answered as a scenario.
+    """Relay to a real server; write what it said as a scenario.
 
     Every client session is passed to the upstream command by command, its replies come back
     unchanged, and each distinct reply becomes a rule. AUTH is passed through; credentials are
