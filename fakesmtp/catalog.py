@@ -419,8 +419,24 @@ def _is_precise(entry: StatusEntry) -> bool:
     return entry.registered and detail != "0" and entry.status[2:] != "7.1"
 
 
+def _says_otherwise(status_entry: StatusEntry, code_entry: CodeEntry | None) -> bool:
+    """Whether a broad status still names another subject than the code usually means.
+
+    X.0.0 says nothing; X.3.0 with 451 (whose usual status is 4.3.0) says what 451 says. But
+    552 5.7.0 is about policy and 550 5.4.312 about routing, whatever 552 and 550 usually mean.
+    """
+    subject = status_entry.status.split(".")[1]
+    if subject == "0":
+        return False
+    if code_entry is None or code_entry.status is None:
+        return True
+    return code_entry.status.split(".")[1] != subject
+
+
 def _status_summary(entry: StatusEntry) -> str:
-    head = re.split(r"[:;]| \(|, so ", entry.meaning, maxsplit=1)[0].strip().rstrip(".")
+    if not entry.registered:  # an unknown detail: its subject is all we know
+        return entry.subject
+    head = re.split(r"[:;]| \(|, so |\. ", entry.meaning, maxsplit=1)[0].strip().rstrip(".")
     return head if len(head) <= 70 else head[:67].rstrip() + "..."
 
 
@@ -485,6 +501,8 @@ def read_reply(code: int | None, status_text: str | None = None, text: str = "")
     if status_entry is not None and status_entry.registered and status_entry.status[2:] == "7.1":
         return from_status(status_entry)
     entry = catalog.codes.get(code) if code is not None else None
+    if status_entry is not None and _says_otherwise(status_entry, entry):
+        return from_status(status_entry)  # 552 5.7.0 is a policy refusal, not a full mailbox
     if entry is not None:
         return Reading(
             code=code,

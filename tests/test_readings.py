@@ -84,8 +84,31 @@ from fakesmtp import catalog
             id="generic-status-falls-back-on-the-code",
         ),
         pytest.param(
-            550, "5.7.1", "Relay access denied", "status",
+            550, "5.7.1", "Relay access denied", "text",
+            "Relaying denied, the server does not take mail for that domain from you",
+            id="relay-denied",
+        ),
+        pytest.param(
+            550, "5.7.1", "Go away", "status",
             "Delivery not authorized, message refused", id="broad-status-without-signs",
+        ),
+        pytest.param(
+            552, "5.7.0", "This message was blocked because its content is not allowed",
+            "status", "A security or policy problem, not more precisely known",
+            id="a-broad-status-of-another-subject-beats-the-code",
+        ),
+        pytest.param(
+            550, "5.4.312", "DNS query failed", "text",
+            "The recipient's domain could not be found", id="dns",
+        ),
+        pytest.param(
+            550, "5.4.999", "Something odd", "status",
+            "Network and routing status",
+            id="unregistered-detail-says-routing-not-mailbox",
+        ),
+        pytest.param(
+            550, "5.0.0", "No", "code", "Mailbox unavailable, or rejected by policy",
+            id="x.0.0-says-nothing",
         ),
     ],
 )  # fmt: skip
