@@ -18,7 +18,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -373,17 +372,7 @@ def message_content(message: CapturedMessage) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sessions
 
 
-_CODE_RE = re.compile(r"^(\d{3})[ -](?:(\d\.\d{1,3}\.\d{1,3})(?: |$))?")
 _KINDS = {"2": "success", "3": "intermediate", "4": "transient", "5": "permanent"}
-
-
-def _catalog() -> ModuleType | None:
-    """The reply catalog, or None while it is missing or broken (the page still works)."""
-    try:
-        from . import catalog
-    except ImportError:
-        return None
-    return catalog
 
 
 @functools.lru_cache(maxsize=512)
@@ -393,9 +382,8 @@ def explain_reply(code: int, status: str | None, text: str = "") -> dict[str, An
     ``explained_by`` names what the explanation rests on (vendor, status, text, code), and
     ``status_meaning`` keeps the registry's words for the status, for the curious.
     """
-    catalog = _catalog()
-    if catalog is None:
-        return {}
+    from . import catalog  # loaded on the first reply that needs explaining
+
     try:
         reading = catalog.read_reply(code, status, text)
     except Exception:  # the catalog is another module's job; its failure must not break ours
@@ -411,15 +399,11 @@ def explain_reply(code: int, status: str | None, text: str = "") -> dict[str, An
 
 def exchange_json(exchange: Exchange) -> dict[str, Any]:
     """An exchange with its reply code, class and, when it is not a success, what it means."""
-    data = exchange.to_json()
-    match = _CODE_RE.match(exchange.reply or "")
-    if match is None:
-        data["code"] = None
+    data = exchange.to_json()  # code and status were recorded when the reply was made
+    code, status = exchange.code, exchange.status
+    if code is None:
         return data
-    code, status = int(match[1]), match[2]
-    data["code"] = code
-    data["status"] = status
-    data["kind"] = _KINDS.get(match[1][0])
+    data["kind"] = _KINDS.get(str(code)[0])
     if code >= 400:
         text = " ".join((exchange.reply or "")[4:].split())
         data.update(explain_reply(code, status, text))
@@ -430,11 +414,9 @@ def _worst(record: SessionRecord) -> int | None:
     """The most serious failure code the server sent in this session, for lists to colour."""
     worst = None
     for exchange in list(record.exchanges):
-        match = _CODE_RE.match(exchange.reply or "")
-        if match is not None:
-            code = int(match[1])
-            if code >= 400 and (worst is None or code // 100 > worst // 100):
-                worst = code
+        code = exchange.code
+        if code is not None and code >= 400 and (worst is None or code // 100 > worst // 100):
+            worst = code
     return worst
 
 
@@ -484,9 +466,8 @@ async def get_session(request: web.Request) -> web.Response:
 async def explain_code(request: web.Request) -> web.Response:
     """``/api/v1/catalog/550`` or ``/api/v1/catalog/5.1.1``: what the catalog says."""
     text = request.match_info["code"]
-    catalog = _catalog()
-    if catalog is None:
-        raise ApiError(503, "the reply catalog is not available in this build")
+    from . import catalog
+
     if re.fullmatch(r"\d{3}", text):
         entry = catalog.code(int(text))
         if entry is None:

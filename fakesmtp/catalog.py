@@ -16,6 +16,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+from .reply import parse_reply_line
 from .stages import Stage
 
 KINDS = ("success", "intermediate", "transient", "permanent", "not-a-reply")
@@ -35,7 +36,6 @@ _STATUS_RE = re.compile(r"^(?P<cls>\d)\.(?P<subject>\d{1,3})\.(?P<detail>\d{1,3}
 _CODE_STATUS_RE = re.compile(
     r"(?<![\d.])(?P<code>[1-5]\d\d)[ -](?P<status>[245]\.\d{1,3}\.\d{1,3})(?![\d.])"
 )
-_REPLY_LINE_RE = re.compile(r"^\s*(?P<code>\d{3})(?:(?P<sep>[ -])(?P<text>.*))?$")
 _LONE_STATUS_RE = re.compile(r"(?<![\d.])(?P<status>[245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -806,19 +806,18 @@ def _parse(arg: str) -> _Query:
             raise ValueError(f"{text}: an enhanced status starts with 2, 4 or 5")
         return _Query(status=text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = _REPLY_LINE_RE.match(lines[0])
+    if lines[0][:3].isdigit() and lines[0][3:4] in ("", " ", "-"):
+        _check_code(int(lines[0][:3]))  # "612 ..." is a mistake to name, not text to search
+    first = parse_reply_line(lines[0])
     if first:
-        reply_code = int(first["code"])
-        _check_code(reply_code)
+        reply_code = first.code
         # A multi-line reply repeats its code on every line; keep those lines' text.
         parts = []
         for line in lines:
-            match = _REPLY_LINE_RE.match(line)
-            if match and int(match["code"]) == reply_code:
-                parts.append((match["text"] or "").strip())
-        lead = _LONE_STATUS_RE.match(parts[0]) if parts else None
-        status_text = lead["status"] if lead else None
-        return _Query(code=reply_code, status=status_text, reply=_joined(reply_code, parts))
+            read = parse_reply_line(line)
+            if read and read.code == reply_code:
+                parts.append(f"{read.status} {read.text}".strip() if read.status else read.text)
+        return _Query(code=reply_code, status=first.status, reply=_joined(reply_code, parts))
     # A reply quoted inside other text: an MTA log line, a bounce ("said: 550 5.1.1 ...").
     found = _CODE_STATUS_RE.search(text)
     if found:

@@ -19,10 +19,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
+
+from .reply import parse_reply_line
 
 
 def new_id() -> str:
@@ -40,6 +43,9 @@ class Exchange:
     reply: str | None  # None when no reply was sent (drop, reset, hang)
     rule: str | None = None  # the rule that fired, if any
     note: str | None = None  # e.g. "dropped by rule", "internal error"
+    # Recorded when the reply is made, so no reader parses them back out of the text.
+    code: int | None = None
+    status: str | None = None  # the enhanced status as sent (None when the scenario sends none)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,7 +55,19 @@ class Exchange:
             "reply": self.reply,
             "rule": self.rule,
             "note": self.note,
+            "code": self.code,
+            "status": self.status,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Exchange:
+        names = {f.name for f in dataclass_fields(cls)}
+        exchange = cls(**{k: v for k, v in data.items() if k in names})
+        if "code" not in data and exchange.reply:  # written before code/status were recorded
+            first = parse_reply_line(exchange.reply)
+            if first is not None:
+                exchange.code, exchange.status = first.code, first.status
+        return exchange
 
 
 @dataclass(slots=True)
@@ -98,7 +116,7 @@ class SessionRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionRecord:
-        exchanges = [Exchange(**item) for item in data.get("transcript", [])]
+        exchanges = [Exchange.from_json(item) for item in data.get("transcript", [])]
         fields = {
             k: data[k]
             for k in (

@@ -8,12 +8,12 @@ renders a remote server's sessions exactly as the plugin renders local ones.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_CODE = re.compile(r"^(\d{3})(?:[ -](\d\.\d{1,3}\.\d{1,3}))?")
+from .reply import parse_reply_line
+
 _INDENT = " " * 13  # under "  +0.123s  " and the "S: " of the line above
 
 
@@ -24,15 +24,18 @@ def _clock(seconds: float | None) -> str:
     return time.strftime("%H:%M:%S", moment) + f".{int(seconds * 1000) % 1000:03d}"
 
 
-def _explanation(reply: str) -> str:
+def _explanation(exchange: Mapping[str, Any], reply: str) -> str:
     """``Mailbox full: Retry later...`` for a 4xx/5xx reply, read from what it says."""
-    match = _CODE.match(reply)
-    if match is None or match[1][0] not in "45":
+    code, status = exchange.get("code"), exchange.get("status")
+    if "code" not in exchange:  # a transcript from before code/status were recorded
+        first = parse_reply_line(reply)
+        code, status = (first.code, first.status) if first else (None, None)
+    if not isinstance(code, int) or not 400 <= code < 600:
         return ""
     try:
         from . import catalog
 
-        reading = catalog.read_reply(int(match[1]), match[2], " ".join(reply[4:].split()))
+        reading = catalog.read_reply(code, status, " ".join(reply[4:].split()))
     except Exception:  # an explanation is a courtesy: never let it hide the transcript
         return ""
     return reading.summary
@@ -72,7 +75,7 @@ def render(session: Mapping[str, Any], *, explain: bool = True) -> str:
                 lines.append(f"{_INDENT}   ({exchange['note']})")
         if exchange.get("rule"):
             lines.append(f"{_INDENT}   [rule: {exchange['rule']}]")
-        meaning = _explanation(reply) if explain and reply else ""
+        meaning = _explanation(exchange, reply) if explain and reply else ""
         if meaning:
             lines.append(f"{_INDENT}   = {meaning}")
     if session.get("exchanges_dropped"):

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from fakesmtp import FakeSMTP
+from fakesmtp.store import SessionRecord
 
 DROP_AT_DATA = """
 rules:
@@ -94,6 +95,27 @@ def test_transcript_has_every_command_reply_stage_rule_and_the_end() -> None:
     assert refusal.reply.startswith("550 5.1.1 ")
     assert refusal.rule == "address rcpt-550@example.test"  # the default scenario asked
     assert second.message_ids == []
+
+
+def test_exchanges_record_the_code_and_status_the_client_saw() -> None:
+    scenario = "server: {extensions: [PIPELINING], address_replies: true}"  # no ENHANCEDSTATUS...
+    with FakeSMTP(scenario) as plain:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            send(plain, b"x\r\n", ["rcpt-550@example.test"])
+        [session] = plain.wait_for_sessions(1)
+    assert [(e.stage, e.code, e.status) for e in session.exchanges[:4]] == [
+        ("connect", 220, None), ("ehlo", 250, None), ("mail", 250, None), ("rcpt", 550, None)
+    ]  # fmt: skip
+    assert session.exchanges[3].reply.startswith("550 ")  # and the text agrees: no status sent
+    with FakeSMTP() as enhanced:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            send(enhanced, b"x\r\n", ["rcpt-550@example.test"])
+        [session] = enhanced.wait_for_sessions(1)
+    rcpt = session.exchanges[3]
+    assert (rcpt.code, rcpt.status) == (550, "5.1.1")
+    # A transcript stored before code and status were recorded gets them from its text.
+    old = {k: v for k, v in rcpt.to_json().items() if k not in ("code", "status")}
+    assert SessionRecord.from_json({**session.to_json(), "transcript": [old]}).exchanges == [rcpt]
 
 
 def test_a_dropped_session_says_how_it_ended() -> None:

@@ -304,8 +304,10 @@ class ScenarioSMTP:
         fields = self._fields(decision) if reply.templated else None
         data = self.profile.wire(reply, fields)
         rule = decision.rule_name if decision else None
+        status = reply.status if self.profile.enhanced else None  # as the client sees it
         # Recorded before it is written: whoever reads the reply finds it in the transcript.
-        self.log(stage, command, data.decode("utf-8", "replace").rstrip("\r\n"), rule, note)
+        text = data.decode("utf-8", "replace").rstrip("\r\n")
+        self.log(stage, command, text, rule, note, code=reply.code, status=status)
         self.wire.write(data)
 
     def log(
@@ -315,10 +317,13 @@ class ScenarioSMTP:
         reply: str | None,
         rule: str | None,
         note: str | None = None,
+        *,
+        code: int | None = None,
+        status: str | None = None,
     ) -> None:
         """One line of the transcript."""
         assert self.record is not None
-        exchange = Exchange(time.time(), stage.value, command, reply, rule, note)
+        exchange = Exchange(time.time(), stage.value, command, reply, rule, note, code, status)
         self.runtime.store.record(self.record, exchange)
 
     async def send(
