@@ -277,15 +277,6 @@ class Engine:
         more = f"; and {len(rules) - limit} more" if len(rules) > limit else ""
         return "no rule fired (" + "; ".join(reasons) + more + ")"
 
-    def near_misses(self, stage: Stage, facts: Facts) -> list[tuple[Rule, list[str]]]:
-        """For each rule of this stage that did not match: which of its keys failed."""
-        misses = []
-        for rule in self._state.by_stage.get(stage, ()):
-            failed = self._failed_keys(rule, stage, facts)
-            if failed:
-                misses.append((rule, failed))
-        return misses
-
     def _failed_keys(self, rule: Rule, stage: Stage, facts: Facts) -> list[str]:
         return [key for key, check in self._state.checks[id(rule)] if not check(stage, facts)]
 

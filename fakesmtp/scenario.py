@@ -37,9 +37,13 @@ EnumT = TypeVar("EnumT", Action, Per)
 
 DEFAULT_HOSTNAME = "mx.fakesmtp.test"
 DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN")
-KNOWN_EXTENSIONS = frozenset(
-    {"PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "SIZE", "CHUNKING"}
-)
+# What `extensions:` may list: the ones the session really implements when they are offered.
+KNOWN_EXTENSIONS = frozenset({"PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"})
+# Names a user may reasonably write that would otherwise be accepted and do nothing.
+REFUSED_EXTENSIONS = {
+    "SIZE": "SIZE is advertised from server.size_limit (set it; 0 turns SIZE off)",
+    "CHUNKING": "CHUNKING needs BDAT (RFC 3030), which fakesmtp does not speak yet",
+}
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 
 
@@ -119,11 +123,6 @@ class Match:
     size: SizeMatcher | None = None
     concurrent: SizeMatcher | None = None  # open sessions now, per the rule's `per`
     keys: tuple[str, ...] = ()  # the keys written, in order: for near-miss reports
-
-    @property
-    def needs_message(self) -> bool:
-        """Whether matching needs the parsed message (parsed lazily, only then)."""
-        return self.subject is not None or bool(self.headers) or self.body is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,9 +207,6 @@ class Scenario:
         for start, end in sorted(self.secret_spans, reverse=True):
             text = f"{text[:start]}'*****'{text[end:]}"
         return text
-
-    def rules_for(self, stage: Stage) -> tuple[Rule, ...]:
-        return tuple(rule for rule in self.rules if rule.on is stage)
 
 
 # --------------------------------------------------------------------------- YAML nodes
@@ -360,10 +356,8 @@ _CONCURRENT_PER = (Per.SERVER, Per.CLIENT, Per.SENDER)
 
 def _default_reply_text(code: int, stage: Stage | None) -> tuple[str | None, str]:
     """The catalog's status and text for a bare code (``reply: 452``)."""
-    try:
-        from . import catalog
-    except ImportError:  # pragma: no cover - the catalog ships with the package
-        return (f"{str(code)[0]}.0.0" if str(code)[0] in "245" else None), "Reply from fakesmtp"
+    from . import catalog  # loaded only when a scenario uses a bare code
+
     return catalog.default_reply(code, stage.value if stage else None)
 
 
@@ -454,7 +448,9 @@ class _Builder:
             if value is None:
                 continue
             name = value.upper()
-            if name not in KNOWN_EXTENSIONS:
+            if name in REFUSED_EXTENSIONS:
+                r.problem(item, "server.extensions", REFUSED_EXTENSIONS[name])
+            elif name not in KNOWN_EXTENSIONS:
                 r.problem(
                     item,
                     "server.extensions",

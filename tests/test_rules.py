@@ -211,15 +211,6 @@ def test_engine_counters_reset() -> None:
     assert engine.decide(Stage.MAIL, facts) is not None
 
 
-def test_near_misses_say_which_key_failed() -> None:
-    scenario = load_scenario_text(
-        "rules:\n  - on: rcpt\n    match: {to: 'a@*', from: 'x@*'}\n    reply: 550\n"
-    )
-    facts = Facts(session_id="s", client="127.0.0.1", helo="h", sender="y@b", recipient="a@c")
-    [(_rule, failed)] = Engine(scenario).near_misses(Stage.RCPT, facts)
-    assert failed == ["from"]
-
-
 # --------------------------------------------------------------------------- session state
 
 

@@ -149,7 +149,17 @@ def test_bare_code_takes_catalog_text() -> None:
         (
             "server:\n  extensions: [PIPELINING, CHUNKY]\n",
             "s.yaml:2: server.extensions: unknown extension 'CHUNKY' (allowed: 8BITMIME, "
-            "CHUNKING, DSN, ENHANCEDSTATUSCODES, PIPELINING, SIZE, SMTPUTF8)",
+            "DSN, ENHANCEDSTATUSCODES, PIPELINING, SMTPUTF8)",
+        ),
+        (
+            "server:\n  extensions: [PIPELINING, CHUNKING]\n",
+            "s.yaml:2: server.extensions: CHUNKING needs BDAT (RFC 3030), which fakesmtp does "
+            "not speak yet",
+        ),
+        (
+            "server:\n  extensions: [SIZE]\n",
+            "s.yaml:2: server.extensions: SIZE is advertised from server.size_limit (set it; 0 "
+            "turns SIZE off)",
         ),
         (
             "rules: [\n",
