@@ -2,12 +2,15 @@
 
 YAML 1.1 reads a bare ``on`` key as the boolean ``true``, and ``safe_load`` forgets line numbers,
 so the model is built from ``yaml.compose`` nodes: keys stay the words users wrote, and every
-value carries the line it came from for error messages.
+value carries the line it came from for error messages. Python data (``FakeSMTP.on()``,
+``use(dict)``, ``--banner``) is turned into the same nodes directly, each marked with the
+caller's file and line, so it meets the same validator without a trip through YAML text.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -219,8 +222,11 @@ def _constructor() -> yaml.constructor.SafeConstructor:
 class _Reader:
     """Walks composed YAML nodes, turning mistakes into Problems instead of exceptions."""
 
-    def __init__(self, path: str, file_check: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self, path: str, file_check: Callable[[str], bool] | None = None, *, from_code: bool = False
+    ) -> None:
         self.path = path
+        self.from_code = from_code  # built from Python data, not written in a file
         self.problems: list[Problem] = []
         self.file_check = file_check
         self.secret_spans: list[tuple[int, int]] = []
@@ -362,8 +368,10 @@ def _default_reply_text(code: int, stage: Stage | None) -> tuple[str | None, str
 
 
 class _Builder:
-    def __init__(self, path: str, file_check: Callable[[str], bool] | None = None) -> None:
-        self.read = _Reader(path, file_check)
+    def __init__(
+        self, path: str, file_check: Callable[[str], bool] | None = None, *, from_code: bool = False
+    ) -> None:
+        self.read = _Reader(path, file_check, from_code=from_code)
 
     # -- top level
     def scenario(self, root: yaml.Node | None, text: str) -> Scenario | None:
@@ -387,7 +395,7 @@ class _Builder:
                 fields["rules"] = self.rules(node)
         if r.problems:
             return None
-        if "name" not in fields and r.path not in ("<code>", "<text>", "-"):
+        if "name" not in fields and not r.from_code and r.path not in ("<code>", "<text>", "-"):
             fields["name"] = Path(r.path).stem
         return Scenario(secret_spans=tuple(r.secret_spans), **fields)
 
@@ -719,7 +727,7 @@ class _Builder:
         # A bare number is refused in files: SMTP tools disagree on the unit (Mailpit's chaos
         # and many MTAs count milliseconds, others seconds), and a 5 read as the wrong one is
         # a test that waits 1000 times too long or not at all. From Python, a number is seconds.
-        if isinstance(value, int | float) and value != 0 and self.read.path != "<dict>":
+        if isinstance(value, int | float) and value != 0 and not self.read.from_code:
             self.read.problem(
                 node,
                 "delay",
@@ -883,9 +891,7 @@ def load_scenario(spec: Scenario | Mapping[str, Any] | str | Path | None = None)
     if isinstance(spec, Scenario):
         return spec
     if isinstance(spec, Mapping):
-        # Through YAML text so a dict gets the same validation; a `True` key is a lost `on`.
-        plain = json.loads(json.dumps(spec, default=str).replace('"true":', '"on":'))
-        return load_scenario_text(yaml.safe_dump(plain, sort_keys=False), "<dict>")
+        return load_scenario_data(spec, caller())
     if isinstance(spec, Path):
         return load_scenario_file(spec)
     if "\n" not in spec:
@@ -911,21 +917,88 @@ def quick_rule(stage: Stage | str, reply: str | int, *, name: str = "") -> Rule:
     """A rule from a stage and a reply, as ``serve --banner 421`` builds it.
 
     ``reply`` is a code (text and enhanced status from the catalog) or a whole reply line.
+    Errors name what the user typed: "--banner 612: reply: reply code 612 is not between...".
     """
-    spec = f"on: {Stage(stage).value}\nreply: {json.dumps(str(reply))}\n"
+    rule: dict[str, Any] = {"on": Stage(stage).value, "reply": str(reply)}
     if name:
-        spec += f"name: {json.dumps(name)}\n"
-    text = "rules:\n" + "".join(
-        "  " + ("- " if n == 0 else "  ") + line for n, line in enumerate(spec.splitlines(True))
-    )
-    try:
-        scenario = load_scenario_text(text, "<option>")
-    except ScenarioError as error:
-        # The lines of YAML written here mean nothing to the user: name what they typed,
-        # "--banner 612: reply: reply code 612 is not between 200 and 599".
-        where = f"{name} {reply}" if name else str(reply)
-        raise ScenarioError([replace(p, path=where, line=0) for p in error.problems]) from None
-    return scenario.rules[0]
+        rule["name"] = name
+    return load_rule_data(rule, Source(path=f"{name} {reply}" if name else str(reply), line=0))
+
+
+# --------------------------------------------------------------------------- Python data
+
+
+def caller() -> Source:
+    """The first frame outside fakesmtp (and pytest's own machinery): where the user wrote it."""
+    package = str(Path(__file__).resolve().parent) + os.sep
+    machinery = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
+    frame = inspect.currentframe()
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(package) and not any(part in path for part in machinery):
+            break
+        frame = frame.f_back
+    if frame is None:
+        return Source(path="<code>", line=0)
+    here = os.getcwd() + os.sep
+    return Source(path=path.removeprefix(here), line=frame.f_lineno)
+
+
+def _node(data: Any, mark: yaml.Mark) -> yaml.Node:
+    """Python data as the YAML nodes a file would give, every one marked ``mark``."""
+    if isinstance(data, Mapping):
+        pairs = [
+            # A `True` key is an `on` that went through YAML 1.1 on the caller's side.
+            (_node("on" if key is True else key, mark), _node(value, mark))
+            for key, value in data.items()
+        ]
+        return yaml.MappingNode("tag:yaml.org,2002:map", pairs, mark, mark)
+    if isinstance(data, list | tuple):
+        return yaml.SequenceNode(
+            "tag:yaml.org,2002:seq", [_node(v, mark) for v in data], mark, mark
+        )
+    if data is None:
+        return yaml.ScalarNode("tag:yaml.org,2002:null", "null", mark, mark)
+    if isinstance(data, bool):
+        return yaml.ScalarNode("tag:yaml.org,2002:bool", "true" if data else "false", mark, mark)
+    if isinstance(data, int):
+        return yaml.ScalarNode("tag:yaml.org,2002:int", str(data), mark, mark)
+    if isinstance(data, float):
+        return yaml.ScalarNode("tag:yaml.org,2002:float", repr(data), mark, mark)
+    return yaml.ScalarNode("tag:yaml.org,2002:str", str(data), mark, mark)
+
+
+def _mark(source: Source) -> yaml.Mark:
+    return yaml.Mark(source.path, 0, source.line - 1, 0, None, None)
+
+
+def load_scenario_data(data: Mapping[str, Any], source: Source | None = None) -> Scenario:
+    """A scenario from Python data (what a YAML file would hold), validated as a file is.
+
+    Errors and transcripts name ``source`` (by default the caller's file and line).
+    """
+    source = source or caller()
+    builder = _Builder(source.path, from_code=True)
+    scenario = builder.scenario(_node(data, _mark(source)), "")
+    if builder.read.problems or scenario is None:
+        raise ScenarioError(builder.read.problems)
+    return scenario
+
+
+def load_rule_data(data: Mapping[str, Any], source: Source | None = None) -> Rule:
+    """One rule from Python data (a ``rules:`` item), validated as in a file.
+
+    Errors and the rule's ``source`` (shown in transcripts) name ``source``, by default the
+    caller's file and line: ``tests/test_x.py:12: on: unknown stage 'RCPT'...``.
+    """
+    source = source or caller()
+    builder = _Builder(source.path, from_code=True)
+    node = _node(data, _mark(source))
+    rule = builder.rule(node, 0)
+    problems = [replace(p, key=p.key.replace("rules[0]", "rule")) for p in builder.read.problems]
+    if problems or rule is None:
+        raise ScenarioError(problems or [Problem(source.path, source.line, "rule", "not a rule")])
+    return rule
 
 
 def with_rules_first(scenario: Scenario, rules: tuple[Rule, ...]) -> Scenario:

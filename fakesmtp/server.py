@@ -24,6 +24,8 @@ from .access import ApiAccess
 from .scenario import (
     Rule,
     Scenario,
+    caller,
+    load_rule_data,
     load_rule_text,
     load_scenario,
     quick_rule,
@@ -498,7 +500,7 @@ class FakeSMTP:
         if isinstance(rule, str):
             rule = load_rule_text(rule, "<rule>")
         elif not isinstance(rule, Rule):
-            rule = load_scenario({"rules": [dict(rule)]}).rules[0]
+            rule = load_rule_data(rule)
         rule_id = str(next(self._rule_ids))
         self._change_added({**self._added, rule_id: rule})
         return rule_id
@@ -548,6 +550,7 @@ class RuleBuilder:
 
     def __init__(self, server: FakeSMTP, stage: str, options: dict[str, Any]) -> None:
         self._server = server
+        self._source = caller()  # the on() line: errors and transcripts point there
         self._rule: dict[str, Any] = {"on": stage}
         match = {}
         for key, value in options.items():
@@ -559,7 +562,7 @@ class RuleBuilder:
             self._rule["match"] = match
 
     def _add(self, **then: Any) -> Rule:
-        rule = load_scenario({"rules": [{**self._rule, **then}]}).rules[0]
+        rule = load_rule_data({**self._rule, **then}, self._source)
         self._server.add_rule(rule)
         return rule
 

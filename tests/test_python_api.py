@@ -219,3 +219,40 @@ def test_rules_added_from_python() -> None:
             smtp.on("rcpt", too="x").reply(550)
         smtp.use(None)  # starts over: no added rules
         assert smtp.scenario.rules == ()
+
+
+def _line_of(marker: str) -> int:
+    """The line of this file that holds ``marker`` (so the tests below survive edits above)."""
+    with open(__file__, encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if marker in line and "_line_of" not in line)
+
+
+def test_rules_from_python_name_the_callers_file_and_line_in_errors_and_transcripts() -> None:
+    here = "tests/test_python_api.py"
+    with FakeSMTP() as smtp:
+        with pytest.raises(ScenarioError) as caught:
+            smtp.on("RCPT", to="x@y.test").reply(550)  # marker: bad stage
+        assert str(caught.value).startswith(
+            f"{here}:{_line_of('marker: bad stage')}: on: unknown stage 'RCPT'"
+        )
+        with pytest.raises(ScenarioError) as caught:
+            smtp.use({"rules": [{"on": "mail", "reply": 612}]})  # marker: bad dict
+        assert str(caught.value).startswith(
+            f"{here}:{_line_of('marker: bad dict')}: reply: reply code 612 is not between"
+        )
+        smtp.on("rcpt", to="*@full.test").reply("452 4.2.2 Mailbox full")  # marker: good rule
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
+            client.ehlo("client.test")
+            client.mail("a@client.test")
+            assert client.rcpt("b@full.test") == (452, b"4.2.2 Mailbox full")
+        [session] = smtp.wait_for_sessions(1)
+        [rcpt] = [e for e in session.exchanges if e.stage == "rcpt"]
+        assert rcpt.rule == f"rcpt rule at {here}:{_line_of('marker: good rule')}"
+
+
+def test_a_bare_number_is_seconds_from_python_but_needs_a_unit_in_a_file() -> None:
+    with FakeSMTP() as smtp:
+        assert smtp.on("data").delay(0.25).delay == 0.25
+    with pytest.raises(ScenarioError, match=r"delay: 5 has no unit: write 5s"):
+        FakeSMTP("rules:\n  - {on: data, delay: 5}\n")
