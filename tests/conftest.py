@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -12,20 +13,29 @@ import pytest
 from fakesmtp import FakeSMTP
 
 
+@contextmanager
+def served(
+    scenario: Any = None, *, errors_expected: bool = False, **options: Any
+) -> Iterator[FakeSMTP]:
+    """The one way tests start a server: ``with served("rules: ...") as server:``.
+
+    On the way out it stops the server and fails the test if the server met an internal error
+    (our bug), unless the test provokes one on purpose (``errors_expected=True``).
+    """
+    server = FakeSMTP(scenario, **options).start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=0.2)
+    if not errors_expected:
+        assert not server.errors, f"internal errors in the server: {server.errors!r}"
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[..., FakeSMTP]]:
-    """Start a FakeSMTP for this test: ``server = serve("rules: ...", banner=None)``."""
-    started: list[FakeSMTP] = []
-
-    def start(scenario: Any = None, **options: Any) -> FakeSMTP:
-        server = FakeSMTP(scenario, **options).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace=0.2)
-        assert not server.errors, f"internal errors in the server: {server.errors!r}"
+    """``served()`` as a fixture: ``server = serve("rules: ...", banner=None)``, stopped after."""
+    with ExitStack() as stack:
+        yield lambda scenario=None, **options: stack.enter_context(served(scenario, **options))
 
 
 def connect(server: FakeSMTP, timeout: float = 5.0) -> smtplib.SMTP:

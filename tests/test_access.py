@@ -72,6 +72,7 @@ def send(smtp: FakeSMTP, to: str = "bob@example.test") -> None:
     ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST.", "app.localhost:{port}", "127.0.0.2",
      "[::1]:{port}"],
 )  # fmt: skip
+@pytest.mark.slow
 def test_names_of_this_server_are_answered(serve: Any, host: str) -> None:
     smtp = serve(api_port=0)
     status, data = request(smtp, "GET", "/api/v1/health", host=host.format(port=smtp.api_port))
@@ -256,6 +257,7 @@ def test_put_scenario_cannot_name_files_outside_the_servers_directories(
     assert request(smtp, "PUT", "/api/v1/scenario", body=body.encode())[0] == 200
 
 
+@pytest.mark.slow
 def test_container_command_with_a_token_logs_one_line_per_session() -> None:
     import re
     import urllib.error

@@ -19,6 +19,7 @@ import pytest
 
 from fakesmtp import FakeSMTP
 
+from .conftest import served
 from .test_page import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
@@ -120,11 +121,12 @@ def untouched(smtp: FakeSMTP) -> None:
     assert len(smtp.messages) == 2
 
 
+@pytest.mark.slow
 def test_a_page_from_another_origin_can_neither_read_nor_change(
     browser: Any, evil_site: tuple[int, list[bytes]]
 ) -> None:
     port, pages = evil_site
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         send(smtp)
         base = f"http://127.0.0.1:{smtp.api_port}"
         page = browser.new_page()
@@ -145,8 +147,9 @@ def test_a_page_from_another_origin_can_neither_read_nor_change(
         assert len(smtp.messages) == 2
 
 
+@pytest.mark.slow
 def test_a_dns_rebinding_page_can_neither_read_nor_change(browser: Any) -> None:
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         send(smtp)
         # The attacker's page was served from its own address; then its name was rebound to
         # 127.0.0.1. The route serves that page; every request it makes reaches our API.
@@ -169,8 +172,9 @@ def test_a_dns_rebinding_page_can_neither_read_nor_change(browser: Any) -> None:
         untouched(smtp)
 
 
+@pytest.mark.slow
 def test_with_a_token_the_page_passes_it_on_and_others_get_401(browser: Any) -> None:
-    with FakeSMTP(api_port=0, api_token=TOKEN) as smtp:
+    with served(api_port=0, api_token=TOKEN) as smtp:
         send(smtp)
         base = f"http://127.0.0.1:{smtp.api_port}"
 

@@ -18,6 +18,8 @@ import pytest
 from fakesmtp import FakeSMTP
 from fakesmtp.scenario import ScenarioError, load_scenario_text
 
+from .conftest import served
+
 FULL = """
 name: full
 rules:
@@ -87,7 +89,7 @@ class Api:
 
 @pytest.fixture
 def api() -> Iterator[Api]:
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         yield Api(smtp)
 
 
@@ -113,7 +115,7 @@ def test_health(api: Api) -> None:
 
 
 def test_api_listens_on_loopback_by_default() -> None:
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         assert smtp.api_host == "127.0.0.1"
 
 
@@ -225,6 +227,7 @@ def test_delete_messages_keeps_sessions(api: Api) -> None:
     assert api.get("/api/v1/sessions").json["total"] == 2
 
 
+@pytest.mark.slow
 def test_wait_returns_when_the_messages_arrive(api: Api) -> None:
     def later() -> None:
         time.sleep(0.2)
@@ -242,6 +245,7 @@ def test_wait_returns_when_the_messages_arrive(api: Api) -> None:
     assert elapsed < 5  # woken by the arrival, not by the timeout
 
 
+@pytest.mark.slow
 def test_wait_with_a_filter_and_timeout(api: Api) -> None:
     api.send(["bob@example.test"])
     assert api.get("/api/v1/messages/wait?count=1&timeout=1").status == 200
@@ -251,6 +255,7 @@ def test_wait_with_a_filter_and_timeout(api: Api) -> None:
     assert "timed out after 0.2s" in response.json["error"]
 
 
+@pytest.mark.slow
 def test_a_pending_wait_does_not_hold_up_the_server_stop() -> None:
     smtp = FakeSMTP(api_port=0).start()
     api = Api(smtp)
@@ -417,6 +422,7 @@ def test_reset_counters_store_and_scenario(api: Api) -> None:
 # --------------------------------------------------------------------------- the document
 
 
+@pytest.mark.slow
 def test_openapi_documents_every_route_and_no_other() -> None:
     import yaml
 

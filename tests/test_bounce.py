@@ -11,7 +11,7 @@ import dataclasses
 import re
 import smtplib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from fakesmtp import FakeSMTP
 from fakesmtp.bounce import BounceError, Finding, bounce_to_yaml, parse_bounce, scenario_yaml
 from fakesmtp.scenario import ScenarioError, load_scenario_text
+
+from .conftest import served
 
 CORPUS_DIR = Path(__file__).parent / "data" / "bounces"
 CORPUS: dict[str, Any] = yaml.safe_load((CORPUS_DIR / "corpus.yaml").read_text(encoding="utf-8"))
@@ -380,13 +382,6 @@ def test_no_findings_is_an_error() -> None:
 # Round trips: serve the scenario, meet the reply with smtplib
 
 
-@contextmanager
-def served(yaml_text: str) -> Iterator[FakeSMTP]:
-    with FakeSMTP(scenario=yaml_text) as server:
-        yield server
-        assert not server.errors, server.errors
-
-
 def client(server: FakeSMTP) -> smtplib.SMTP:
     return smtplib.SMTP(server.host, server.port, timeout=5)
 
@@ -578,6 +573,7 @@ FRAGMENTS = [
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=40).map("".join))
+@pytest.mark.slow
 def test_any_input_gives_a_loadable_scenario_or_a_bounce_error(text: str) -> None:
     try:
         findings = parse_bounce(text)
@@ -608,6 +604,7 @@ def test_any_input_gives_a_loadable_scenario_or_a_bounce_error(text: str) -> Non
     ],
     ids=lambda text: repr(text[:16]),
 )
+@pytest.mark.slow
 def test_adversarial_input_is_read_in_one_pass(text: str) -> None:
     """Inputs that would make a careless pattern backtrack for minutes (each runs in well
     under a second); the test only checks they finish with an answer."""

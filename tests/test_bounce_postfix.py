@@ -31,6 +31,8 @@ from fakesmtp import FakeSMTP
 from fakesmtp.bounce import bounce_to_yaml, parse_bounce
 from fakesmtp.scenario import load_scenario_text
 
+from .conftest import served
+
 POSTFIX = shutil.which("postfix") or (
     "/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None
 )
@@ -48,7 +50,10 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+pytestmark = [
+    pytest.mark.slow,  # starts a real Postfix
+    pytest.mark.skipif(_why_not() is not None, reason=_why_not() or ""),
+]
 
 SENDER = "alice@shop.example.test"
 # What the remote server (fakesmtp) says; the round trip must give exactly this back.
@@ -196,7 +201,7 @@ def postfix_run() -> Iterator[PostfixRun]:
     submit_port = _free_port()
     log_path = root / "postfix.log"
     try:
-        with FakeSMTP(scenario=SCENARIO) as remote:
+        with served(scenario=SCENARIO) as remote:
             (config / "main.cf").write_text(MAIN_CF.format(root=root, relay_port=remote.port))
             (config / "master.cf").write_text(MASTER_CF.format(submit_port=submit_port))
             check = subprocess.run(
@@ -284,7 +289,7 @@ def _log_for(log_path: Path, recipient: str) -> str:
 def _meet(yaml_text: str, recipient: str, stage: str) -> tuple[int, bytes]:
     """Serve the generated scenario; the reply a client meets at `stage` for `recipient`."""
     load_scenario_text(yaml_text, source="<bounce>")
-    with FakeSMTP(scenario=yaml_text) as server:
+    with served(scenario=yaml_text) as server:
         return _attempt(server, recipient, stage)
 
 
@@ -298,6 +303,7 @@ def _attempt(server: FakeSMTP, recipient: str, stage: str) -> tuple[int, bytes]:
         return smtp.data(f"From: {SENDER}\r\nSubject: again\r\n\r\nHi.\r\n")
 
 
+@pytest.mark.slow
 def test_postfix_dsn_of_a_rcpt_refusal_round_trips(postfix_run: PostfixRun) -> None:
     dsn = postfix_run.dsns[REFUSED]
     yaml_text = bounce_to_yaml(dsn, "postfix-dsn.eml")
@@ -320,6 +326,7 @@ def test_postfix_dsn_of_a_multiline_end_of_data_refusal_round_trips(
     assert _meet(yaml_text, ACCEPTED, "end_of_data")[0] == 250
 
 
+@pytest.mark.slow
 def test_postfix_log_of_a_bounce_round_trips(postfix_run: PostfixRun) -> None:
     lines = [line for line in postfix_run.log.splitlines() if f"to=<{REFUSED}>" in line]
     yaml_text = bounce_to_yaml("\n".join(lines), "maillog")
@@ -334,7 +341,7 @@ def test_postfix_log_of_a_deferral_then_delivery_round_trips(postfix_run: Postfi
     (finding,) = parse_bounce("\n".join(lines))
     assert finding.transient_then_delivered == 1
     load_scenario_text(yaml_text, source="<bounce>")
-    with FakeSMTP(scenario=yaml_text) as server:
+    with served(scenario=yaml_text) as server:
         assert _attempt(server, GREYLISTED, "rcpt") == (451, f"4.7.1 {GREY_TEXT}".encode())
         assert _attempt(server, GREYLISTED, "rcpt")[0] == 250
 

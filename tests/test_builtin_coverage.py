@@ -21,6 +21,8 @@ import pytest
 from fakesmtp import FakeSMTP, catalog, load_scenario
 from fakesmtp.scenario import builtin_scenarios
 
+from .conftest import served
+
 Drive = Callable[[FakeSMTP], tuple[int, bytes]]
 SENDER = "sender@example.test"
 MESSAGE = b"From: sender@example.test\r\nSubject: coverage\r\n\r\nHello.\r\n"
@@ -199,19 +201,13 @@ CASES = [
 ]  # fmt: skip
 
 
-@contextmanager
-def served(scenario: str) -> Iterator[FakeSMTP]:
-    with FakeSMTP(scenario=scenario) as server:
-        yield server
-        assert not server.errors, f"internal errors in the server: {server.errors!r}"
-
-
 def test_every_sendable_code_has_a_case() -> None:
     sendable = {entry.code for entry in catalog.codes() if entry.kind != "not-a-reply"}
     assert {case.code for case in CASES} == sendable
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+@pytest.mark.slow
 def test_code_is_produced(case: Case) -> None:
     entry = catalog.code(case.code)
     assert entry is not None and case.stage in entry.stages, "the catalog lists this stage"

@@ -403,6 +403,7 @@ def test_render_codes_rejects_bad_filters(options: dict[str, str], message: str)
 # --------------------------------------------------------------------------- cost
 
 
+@pytest.mark.slow
 def test_import_does_not_parse_the_yaml() -> None:
     # A fresh interpreter: importing the module must leave the cache empty.
     code = "import fakesmtp.catalog as c; print(c._catalog.cache_info().currsize)"

@@ -53,6 +53,7 @@ class Served:
         return self.process.returncode, out
 
 
+@pytest.mark.slow
 def test_serve_from_console_script_and_sigterm() -> None:
     served = Served("--port", "0", "--no-api")
     try:
@@ -69,6 +70,7 @@ def test_serve_from_console_script_and_sigterm() -> None:
     assert "fakesmtp: stopped" in out
 
 
+@pytest.mark.slow
 def test_serve_banner_option() -> None:
     served = Served("--port", "0", "--no-api", "--quiet", "--banner", "554 5.7.1 Go away")
     try:
@@ -79,6 +81,7 @@ def test_serve_banner_option() -> None:
         assert served.stop()[0] == 0
 
 
+@pytest.mark.slow
 def test_serve_bad_scenario_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - on: rcpt\n    reply: 612 No\n")
@@ -118,6 +121,7 @@ def test_scenarios_lists_builtins_one_line_each() -> None:
     assert all(len(line.split(None, 1)) == 2 for line in lines)  # every one has a description
 
 
+@pytest.mark.slow
 def test_serve_finds_builtin_by_name_from_anywhere(tmp_path: Path) -> None:
     served = Served("--port", "0", "--no-api", "--quiet", "-s", "greylisting")
     try:
@@ -145,6 +149,7 @@ def test_dockerfile_command_starts_and_serves() -> None:
         assert served.stop()[0] == 0
 
 
+@pytest.mark.slow
 def test_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # A CI service container is configured with env vars only.
     monkeypatch.setenv("FAKESMTP_SERVE_BANNER", "554 5.7.1 Not today")

@@ -17,6 +17,8 @@ from fakesmtp import FakeSMTP, __version__
 from fakesmtp.cli import main
 from fakesmtp.cli_env import known_variables, unknown_variables
 
+from .conftest import served as running
+
 
 def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None):
     return CliRunner().invoke(main, list(args), input=stdin, env=env)
@@ -237,7 +239,7 @@ def test_an_address_not_on_this_machine() -> None:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[FakeSMTP]:
-    with FakeSMTP("mailbox-full", api_port=0) as smtp:
+    with running("mailbox-full", api_port=0) as smtp:
         with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
             client.sendmail(
                 "app@example.test", ["bob@example.test"], b"Subject: Hi Bob\r\n\r\nHello\r\n"
@@ -289,7 +291,7 @@ def test_sessions_list_and_show_the_conversation(served: FakeSMTP) -> None:
 
 
 def test_clear_messages_then_sessions() -> None:
-    with FakeSMTP(api_port=0) as smtp:
+    with running(api_port=0) as smtp:
         with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
             client.sendmail("a@x.test", ["b@x.test"], b"Subject: x\r\n\r\nx\r\n")
         smtp.wait_for_sessions(1)
@@ -313,7 +315,7 @@ def test_no_server_is_one_line() -> None:
 
 
 def test_the_api_token_is_sent_as_a_bearer_token() -> None:
-    with FakeSMTP(api_port=0, api_token="s3cret") as smtp:
+    with running(api_port=0, api_token="s3cret") as smtp:
         api = api_of(smtp)
         refused = run("messages", "list", "--api", api)
         assert refused.exit_code == 1

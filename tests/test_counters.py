@@ -83,6 +83,7 @@ def test_timestamps_held_are_capped() -> None:
     assert 0 < len(store) <= 50
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_under_a_flood_of_keys() -> None:
     store = MemoryCounters(max_keys=1000)
     for n in range(50_000):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cache
 from pathlib import Path
 
 import fakesmtp
@@ -29,6 +30,12 @@ LAYERS = [
     {"server", "api", "chaos", "rules_api", "mailpit", "mailhog", "record"},
     {"pytest_plugin", "cli", "remote", "startup", "__main__", ""},
 ]
+
+
+@cache
+def _tree(path: Path) -> ast.Module:
+    """Each module parsed once for all the checks below."""
+    return ast.parse(path.read_text())
 
 
 def _name(path: Path) -> str:
@@ -52,7 +59,7 @@ def _imports(*, type_only: bool = True) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        tree = ast.parse(path.read_text())
+        tree = _tree(path)
         skip = set() if type_only else _type_only(tree)
         for node in ast.walk(tree):
             if getattr(node, "lineno", None) in skip:
@@ -142,7 +149,7 @@ def test_only_the_wire_names_the_network_internals() -> None:
 def test_no_module_reaches_into_another_modules_underscore_names() -> None:
     found = []
     for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = _tree(path)
         # Names this module sets itself (self._x = ..., def _x) are its own to use.
         own = {
             n.attr

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +95,9 @@ def ensure_fd_limit(wanted: int) -> None:
 
 
 @pytest.fixture
-def start() -> Iterator[Callable[..., FakeSMTP]]:
-    """Start a FakeSMTP; at the end, stop it and check it met no internal error."""
-    started: list[tuple[FakeSMTP, bool]] = []
-
-    def run(scenario: Any = None, *, errors_expected: bool = False, **options: Any) -> FakeSMTP:
-        server = FakeSMTP(scenario, **options).start()
-        started.append((server, errors_expected))
-        return server
-
-    yield run
-    for server, errors_expected in started:
-        server.stop(grace=0.2)
-        if not errors_expected:
-            assert not server.errors, f"internal errors: {server.errors!r}"
+def start(serve: Callable[..., FakeSMTP]) -> Callable[..., FakeSMTP]:
+    """conftest's ``serve`` (errors_expected=True for a test that provokes one)."""
+    return serve
 
 
 def connect(server: FakeSMTP, timeout: float = 5.0) -> Raw:
@@ -136,6 +125,7 @@ def test_max_connections_refuses_the_one_too_many(start: Callable[..., FakeSMTP]
     assert len(refused) == 1
 
 
+@pytest.mark.slow
 def test_a_burst_of_1000_connections_all_get_a_banner(start: Callable[..., FakeSMTP]) -> None:
     """Listen backlog: asyncio's default of 100 leaves part of such a burst without a banner."""
     count = 1000
@@ -224,6 +214,7 @@ def test_message_size_limit(start: Callable[..., FakeSMTP]) -> None:
 # ------------------------------------------------------------------------- timeouts
 
 
+@pytest.mark.slow
 def test_idle_timeout_says_421_then_closes(start: Callable[..., FakeSMTP]) -> None:
     server = start("server: {idle_timeout: 0.5s}")
     client = connect(server)
@@ -236,6 +227,7 @@ def test_idle_timeout_says_421_then_closes(start: Callable[..., FakeSMTP]) -> No
     assert record.end == "timeout"
 
 
+@pytest.mark.slow
 def test_bytes_without_a_line_end_do_not_restart_the_idle_timer(
     start: Callable[..., FakeSMTP],
 ) -> None:
@@ -252,6 +244,7 @@ def test_bytes_without_a_line_end_do_not_restart_the_idle_timer(
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.slow
 def test_command_timeout_cuts_a_client_trickling_one_line(
     start: Callable[..., FakeSMTP],
 ) -> None:
@@ -280,6 +273,7 @@ def test_command_timeout_cuts_a_client_trickling_one_line(
     assert record.exchanges[-1].note == "command timeout"
 
 
+@pytest.mark.slow
 def test_a_slow_line_finished_in_time_is_served(start: Callable[..., FakeSMTP]) -> None:
     server = start("server: {idle_timeout: 10s, command_timeout: 3s}")
     client = connect(server)
@@ -294,6 +288,7 @@ def test_a_slow_line_finished_in_time_is_served(start: Callable[..., FakeSMTP]) 
     assert client.command("") == "250 2.0.0 Ok"
 
 
+@pytest.mark.slow
 def test_a_client_that_never_reads_is_cut_at_the_idle_timeout(
     start: Callable[..., FakeSMTP],
 ) -> None:
@@ -596,6 +591,7 @@ VANISHING: dict[str, Callable[[FakeSMTP], Raw | None]] = {
 
 
 @pytest.mark.parametrize("where", list(VANISHING))
+@pytest.mark.slow
 def test_vanishing_clients_leave_nothing_behind(start: Callable[..., FakeSMTP], where: str) -> None:
     server = start(TLS_SCENARIO, tls_port=0)
     assert server.runtime is not None
@@ -651,6 +647,7 @@ class Serve:
         return out
 
 
+@pytest.mark.slow
 def test_sigterm_says_421_to_idle_clients_finishes_writes_and_exits_0() -> None:
     serve = Serve()
     try:
@@ -724,6 +721,7 @@ def whole(reply: str) -> str | None:
     raise AssertionError(f"a reply from neither scenario: {reply!r}")
 
 
+@pytest.mark.slow
 def test_swapping_the_scenario_under_load(start: Callable[..., FakeSMTP]) -> None:
     server = start(SCENARIO_A)
     stop = threading.Event()

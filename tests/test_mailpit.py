@@ -16,6 +16,8 @@ import pytest
 
 from fakesmtp import FakeSMTP
 
+from .conftest import served
+
 
 class Http:
     """urllib against one server's API: (status, content type, body)."""
@@ -64,7 +66,7 @@ def letter(subject: str, to: str = "Bob Smith <bob@example.test>", **extra: str)
 
 @pytest.fixture
 def http() -> Iterator[Http]:
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         yield Http(smtp)
 
 
@@ -283,12 +285,12 @@ def test_mailhog_search_kinds_and_delete(http: Http) -> None:
 
 
 def test_delete_one_from_a_dir_store_removes_its_files(tmp_path: Any) -> None:
-    with FakeSMTP(api_port=0, store=tmp_path) as smtp:
+    with served(api_port=0, store=tmp_path) as smtp:
         http = Http(smtp)
         http.send(letter("on disk"))
         message_id = smtp.messages[0].id
         assert (tmp_path / "messages" / f"{message_id}.eml").exists()
         http.json("DELETE", f"/api/v1/messages/{message_id}")
     assert list((tmp_path / "messages").iterdir()) == []
-    with FakeSMTP(store=tmp_path) as again:
+    with served(store=tmp_path) as again:
         assert again.messages == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fakesmtp import FakeSMTP
+from .conftest import served
 
 JS = Path(__file__).parent / "js"
 
@@ -26,7 +26,7 @@ def test_mailpit_and_mailhog_npm_clients_work_unchanged() -> None:
     for package in ("mailpit-api", "mailhog"):
         if not (JS / "node_modules" / package / "package.json").exists():
             pytest.skip(f"the npm client {package} is not installed: run `npm ci` in tests/js")
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         env = {
             **os.environ,
             "FAKESMTP_API": f"http://127.0.0.1:{smtp.api_port}",

@@ -17,6 +17,10 @@ import pytest
 
 from fakesmtp import FakeSMTP
 
+from .conftest import served
+
+pytestmark = pytest.mark.slow  # a real Chromium
+
 CHROMIUM = os.environ.get("FAKESMTP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -78,7 +82,7 @@ def send(smtp: FakeSMTP, to: list[str], subject: str, body: str = "Hello there")
 
 
 def test_sessions_drawn_as_conversations(browser: Any) -> None:
-    with FakeSMTP(SCENARIO, api_port=0) as smtp:
+    with served(SCENARIO, api_port=0) as smtp:
         send(smtp, ["bob@example.test"], "Hello Bob", HOSTILE_BODY)
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             send(smtp, ["nobody@example.test"], "Lost")
@@ -192,7 +196,7 @@ LEARNER_CASES = [
 def test_a_learner_reads_advice_that_matches_each_reply(browser: Any) -> None:
     if not catalog_available():
         pytest.skip("the reply catalog is not available")
-    with FakeSMTP(LEARNER_SCENARIO, api_port=0) as smtp:
+    with served(LEARNER_SCENARIO, api_port=0) as smtp:
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             send(smtp, [case[0] for case in LEARNER_CASES], "Learning")
         smtp.wait_for_sessions(1)

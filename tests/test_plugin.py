@@ -108,6 +108,7 @@ def test_scenario_is_restored_and_connections_cut_between_tests(
     pytester.runpytest(*QUIET).assert_outcomes(passed=2)
 
 
+@pytest.mark.slow
 def test_use_and_wait_for_and_reset(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
@@ -162,6 +163,7 @@ def test_invalid_marker_scenario_fails_the_test_plainly(pytester: pytest.Pyteste
     )
 
 
+@pytest.mark.slow
 def test_internal_server_error_fails_the_test_at_teardown(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
@@ -203,6 +205,7 @@ def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["@pytest.mark.fakesmtp(scenario):*"])
 
 
+@pytest.mark.slow
 def test_a_failing_test_shows_the_transcript_of_its_sessions(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

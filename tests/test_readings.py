@@ -10,6 +10,8 @@ import pytest
 
 from fakesmtp import catalog
 
+from .conftest import served
+
 
 @pytest.mark.parametrize(
     ("code", "status", "text", "basis", "summary"),
@@ -174,13 +176,11 @@ def test_the_api_explains_a_greylisted_rcpt_by_its_text() -> None:
     import smtplib
     import urllib.request
 
-    from fakesmtp import FakeSMTP
-
     scenario = (
         "rules:\n  - on: rcpt\n"
         '    reply: "451 4.7.1 <{to}>: Recipient address rejected: Greylisted, try again later"\n'
     )
-    with FakeSMTP(scenario, api_port=0) as smtp:
+    with served(scenario, api_port=0) as smtp:
         with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
             client.ehlo()
             client.mail("app@example.test")

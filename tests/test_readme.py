@@ -33,6 +33,7 @@ def test_yaml_examples_are_valid_scenarios(text: str) -> None:
 
 @pytest.mark.parametrize(("code", "yaml_before"), PYTHON,
                          ids=[f"python-{n}" for n in range(len(PYTHON))])  # fmt: skip
+@pytest.mark.slow
 def test_python_examples_run(code: str, yaml_before: str, pytester: pytest.Pytester) -> None:
     if "def test_" in code:  # a pytest example: run it as a test file, with our plugin
         pytester.makefile(".yaml", repro=yaml_before)

@@ -332,6 +332,7 @@ rules:
     ]
 
 
+@pytest.mark.slow
 def test_pipelined_batch_gets_replies_in_order(serve, raw_client) -> None:
     server = serve(
         "rules:\n  - on: rcpt\n    match: {to: 'no@*'}\n    delay: 100ms\n    reply: 550 5.1.1 No\n"
@@ -378,6 +379,7 @@ def test_aiosmtplib_pipelines_a_whole_message(serve) -> None:
 # --------------------------------------------------------------------------- concurrency
 
 
+@pytest.mark.slow
 def test_others_are_served_while_one_session_hangs_or_waits(serve) -> None:
     server = serve("""
 server: {idle_timeout: 5s}
@@ -443,6 +445,7 @@ rules:
     )
 
 
+@pytest.mark.slow
 def test_a_delay_longer_than_the_idle_timeout_still_replies(serve) -> None:
     # The server's own delay must not count as the client being idle.
     server = serve("server: {idle_timeout: 300ms}\nrules:\n  - on: mail\n    delay: 800ms\n")

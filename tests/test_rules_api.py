@@ -13,10 +13,12 @@ import pytest
 from fakesmtp import FakeSMTP
 from tests.test_mailpit import Http
 
+from .conftest import served
+
 
 @pytest.fixture
 def http() -> Iterator[Http]:
-    with FakeSMTP(api_port=0) as smtp:
+    with served(api_port=0) as smtp:
         yield Http(smtp)
 
 
@@ -48,6 +50,7 @@ def curl(*args: str) -> str:
     ).stdout
 
 
+@pytest.mark.slow
 def test_next_message_fails_from_curl_then_passes(http: Http) -> None:
     base = http.base
     added = json.loads(
@@ -75,7 +78,7 @@ def test_next_message_fails_from_curl_then_passes(http: Http) -> None:
 
 def test_runtime_rules_come_before_the_scenario_and_after_on() -> None:
     scenario = "rules: [{on: rcpt, reply: 550 5.1.1 from the scenario}]"
-    with FakeSMTP(scenario, api_port=0) as smtp:
+    with served(scenario, api_port=0) as smtp:
         http = Http(smtp)
         smtp.on("rcpt", to="*@example.test").reply("452 4.2.2 from on()")
         status, _, body = http("POST", "/api/v1/rules", {"on": "rcpt", "reply": "451 4.7.1 api"})
@@ -93,7 +96,7 @@ def test_runtime_rules_come_before_the_scenario_and_after_on() -> None:
 
 def test_adding_a_rule_keeps_the_other_rules_counts() -> None:
     scenario = "rules: [{on: rcpt, times: 1, reply: 451 4.7.1 greylisted}]"
-    with FakeSMTP(scenario, api_port=0) as smtp:
+    with served(scenario, api_port=0) as smtp:
         http = Http(smtp)
         assert send(smtp)[0] == 451
         http.json("DELETE", "/api/v1/rules")  # nothing added yet: nothing to do
@@ -107,7 +110,7 @@ def test_adding_a_rule_keeps_the_other_rules_counts() -> None:
 
 
 def test_python_add_rule_remove_rule() -> None:
-    with FakeSMTP() as smtp:
+    with served() as smtp:
         rule_id = smtp.add_rule({"on": "rcpt", "times": 1, "reply": 452})
         assert list(smtp.added_rules()) == [rule_id]
         assert send(smtp)[0] == 452

@@ -141,6 +141,7 @@ def test_421_always_closes(serve, raw_client, stage: Stage) -> None:
 
 
 @pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.slow
 def test_delay_then_normal_reply(serve, raw_client, stage: Stage) -> None:
     server = serve(scenario(stage, "    delay: 300ms\n"))
     client = raw_client(server)
@@ -189,6 +190,7 @@ def test_reset_sends_tcp_rst(serve, raw_client, stage: Stage) -> None:
 
 
 @pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.slow
 def test_hang_never_answers_until_idle_timeout(serve, raw_client, stage: Stage) -> None:
     server = serve(scenario(stage, "    action: hang\n"))
     client = raw_client(server)

@@ -25,6 +25,8 @@ import pytest
 from fakesmtp import FakeSMTP
 from fakesmtp.store import SessionRecord
 
+from .conftest import served
+
 DROP_AT_DATA = """
 rules:
   - name: cut at data
@@ -49,7 +51,7 @@ def test_message_is_captured_with_envelope_parameters_and_exact_bytes() -> None:
         ".a line that smtplib dot-stuffs\r\n"
         "caf\u00e9 au lait\r\n"
     ).encode()
-    with FakeSMTP() as smtp:
+    with served() as smtp:
         before = time.time()
         refused = send(
             smtp,
@@ -78,7 +80,7 @@ def test_message_is_captured_with_envelope_parameters_and_exact_bytes() -> None:
 
 
 def test_transcript_has_every_command_reply_stage_rule_and_the_end() -> None:
-    with FakeSMTP() as smtp:
+    with served() as smtp:
         send(smtp, b"Subject: one\r\n\r\nx\r\n", ["bob@example.test"])
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             send(smtp, b"Subject: two\r\n\r\nx\r\n", ["rcpt-550@example.test"])
@@ -99,7 +101,7 @@ def test_transcript_has_every_command_reply_stage_rule_and_the_end() -> None:
 
 def test_exchanges_record_the_code_and_status_the_client_saw() -> None:
     scenario = "server: {extensions: [PIPELINING], address_replies: true}"  # no ENHANCEDSTATUS...
-    with FakeSMTP(scenario) as plain:
+    with served(scenario) as plain:
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             send(plain, b"x\r\n", ["rcpt-550@example.test"])
         [session] = plain.wait_for_sessions(1)
@@ -107,7 +109,7 @@ def test_exchanges_record_the_code_and_status_the_client_saw() -> None:
         ("connect", 220, None), ("ehlo", 250, None), ("mail", 250, None), ("rcpt", 550, None)
     ]  # fmt: skip
     assert session.exchanges[3].reply.startswith("550 ")  # and the text agrees: no status sent
-    with FakeSMTP() as enhanced:
+    with served() as enhanced:
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             send(enhanced, b"x\r\n", ["rcpt-550@example.test"])
         [session] = enhanced.wait_for_sessions(1)
@@ -119,7 +121,7 @@ def test_exchanges_record_the_code_and_status_the_client_saw() -> None:
 
 
 def test_a_dropped_session_says_how_it_ended() -> None:
-    with FakeSMTP(DROP_AT_DATA) as smtp:
+    with served(DROP_AT_DATA) as smtp:
         with pytest.raises(smtplib.SMTPServerDisconnected):
             send(smtp, b"Subject: x\r\n\r\nx\r\n", ["bob@example.test"])
         [session] = smtp.wait_for_sessions(1)
@@ -132,7 +134,7 @@ def test_a_dropped_session_says_how_it_ended() -> None:
 
 
 def test_memory_store_keeps_the_newest_past_its_limits() -> None:
-    with FakeSMTP(max_messages=3, max_sessions=2) as smtp:
+    with served(max_messages=3, max_sessions=2) as smtp:
         for n in range(5):
             send(smtp, f"Subject: {n}\r\n\r\nx\r\n".encode(), ["bob@example.test"])
         smtp.wait_for_sessions(2)
@@ -145,12 +147,12 @@ def test_memory_store_keeps_the_newest_past_its_limits() -> None:
 
 
 def test_store_directory_survives_a_restart(tmp_path: Path) -> None:
-    with FakeSMTP(store=tmp_path) as smtp:
+    with served(store=tmp_path) as smtp:
         send(smtp, b"Subject: kept\r\n\r\nbody\r\n", ["bob@example.test"], mail_options=["SIZE=20"])
         [before] = smtp.wait_for(1)
         [session_before] = smtp.wait_for_sessions(1)
     assert (tmp_path / "messages" / f"{before.id}.eml").read_bytes() == before.raw
-    with FakeSMTP(store=tmp_path) as smtp:
+    with served(store=tmp_path) as smtp:
         [after] = smtp.messages
         [session_after] = smtp.sessions
         assert after.to_json() == before.to_json()
@@ -158,16 +160,16 @@ def test_store_directory_survives_a_restart(tmp_path: Path) -> None:
         assert session_after.to_json() == session_before.to_json()
         smtp.reset()  # clears the directory too
     assert list((tmp_path / "messages").iterdir()) == []
-    with FakeSMTP(store=tmp_path) as smtp:
+    with served(store=tmp_path) as smtp:
         assert smtp.messages == [] and smtp.sessions == []
 
 
 def test_store_directory_loads_only_the_newest_past_the_limit(tmp_path: Path) -> None:
-    with FakeSMTP(store=tmp_path) as smtp:
+    with served(store=tmp_path) as smtp:
         for n in range(4):
             send(smtp, f"Subject: {n}\r\n\r\nx\r\n".encode(), ["bob@example.test"])
         smtp.wait_for_sessions(4)
-    with FakeSMTP(store=tmp_path, max_messages=2) as smtp:
+    with served(store=tmp_path, max_messages=2) as smtp:
         assert [m.subject for m in smtp.messages] == ["2", "3"]
     assert len(list((tmp_path / "messages").glob("*.eml"))) == 4  # the disk keeps all
 
@@ -203,6 +205,7 @@ class Served:
         self.process.communicate(timeout=10)
 
 
+@pytest.mark.slow
 def test_nothing_acknowledged_is_lost_after_kill_9(tmp_path: Path) -> None:
     served = Served(tmp_path)
     acknowledged: dict[str, bytes] = {}

@@ -70,6 +70,7 @@ def test_starttls_with_generated_certificate(serve) -> None:
     assert record.tls
 
 
+@pytest.mark.slow
 def test_starttls_with_given_certificate_verifies(serve, ca, cert_files) -> None:
     cert, key = cert_files
     server = serve(f"server: {{tls: {{starttls: true, cert: '{cert}', key: '{key}'}}}}\n")
@@ -92,6 +93,7 @@ def test_tls_required_refuses_mail_before_starttls(serve) -> None:
         assert client.mail("a@client.test")[0] == 250
 
 
+@pytest.mark.slow
 def test_starttls_rule_454(serve) -> None:
     server = serve(
         "server: {tls: {starttls: true}}\n"
@@ -110,6 +112,7 @@ def test_starttls_rule_454(serve) -> None:
 
 
 @pytest.mark.parametrize("action", ["drop", "reset"])
+@pytest.mark.slow
 def test_starttls_refusing_the_handshake(serve, action: str) -> None:
     server = serve(
         f"server: {{tls: {{starttls: true}}}}\nrules:\n  - on: starttls\n    action: {action}\n"
@@ -133,6 +136,7 @@ def test_client_that_fails_the_handshake_is_closed_cleanly(serve, raw_client) ->
     assert record.end.startswith("TLS handshake failed")
 
 
+@pytest.mark.slow
 def test_pipelined_commands_after_starttls_are_discarded(serve, raw_client) -> None:
     # RFC 3207 4.2: a man in the middle must not be able to inject plain-text commands.
     server = serve("server: {tls: {starttls: true}}\n")
@@ -153,6 +157,7 @@ def test_pipelined_commands_after_starttls_are_discarded(serve, raw_client) -> N
 # --------------------------------------------------------------------------- implicit TLS
 
 
+@pytest.mark.slow
 def test_implicit_tls_listener_with_smtplib(serve) -> None:
     server = serve(tls_port=0)
     assert server.tls_port
@@ -165,6 +170,7 @@ def test_implicit_tls_listener_with_smtplib(serve) -> None:
     assert record.listener == "smtps" and record.tls
 
 
+@pytest.mark.slow
 def test_implicit_tls_with_aiosmtplib(serve) -> None:
     server = serve(tls_port=0)
 
@@ -327,6 +333,7 @@ def test_max_recipients(serve) -> None:
     assert codes[2][1] == b"4.5.3 Error: too many recipients"
 
 
+@pytest.mark.slow
 def test_smtputf8(serve) -> None:
     server = serve()
     with connect(server) as client:
@@ -375,6 +382,7 @@ def test_line_length_limit(serve, raw_client) -> None:
     assert client.reply() == ["250 2.0.0 Ok"]
 
 
+@pytest.mark.slow
 def test_idle_timeout_says_421(serve, raw_client) -> None:
     server = serve("server: {idle_timeout: 300ms}\n")
     client = raw_client(server)
@@ -417,6 +425,7 @@ def swaks(server: FakeSMTP, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @needs_swaks
+@pytest.mark.slow
 def test_swaks_cram_md5_and_pipelining(serve) -> None:
     server = serve("server: {auth: {mechanisms: [CRAM-MD5], users: {alice: s3cret}}}\n")
     done = swaks(
@@ -440,6 +449,7 @@ def test_swaks_cram_md5_and_pipelining(serve) -> None:
 
 
 @needs_swaks
+@pytest.mark.slow
 def test_swaks_hardened_submission(serve) -> None:
     server = serve(HARDENED)
     done = swaks(

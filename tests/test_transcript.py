@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import smtplib
 
-from fakesmtp import FakeSMTP
+from .conftest import served
 
 
 def test_str_of_a_session_reads_as_the_conversation() -> None:
-    with FakeSMTP("unknown-recipient") as smtp:
+    with served("unknown-recipient") as smtp:
         assert smtp.transcript() == "(no sessions)"
         with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
             client.ehlo("app.test")

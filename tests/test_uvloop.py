@@ -78,6 +78,7 @@ def test_reset_sends_a_tcp_rst_on_uvloop(server: FakeSMTP) -> None:
     client.close()
 
 
+@pytest.mark.slow
 def test_hang_says_nothing_until_the_idle_timeout_on_uvloop(server: FakeSMTP) -> None:
     client = RawClient(server)
     _to_rcpt(client, "hang@dest.test")
@@ -89,6 +90,7 @@ def test_hang_says_nothing_until_the_idle_timeout_on_uvloop(server: FakeSMTP) ->
     client.close()
 
 
+@pytest.mark.slow
 def test_serve_chooses_uvloop_and_stops_cleanly() -> None:
     served = Served("--port", "0", "--no-api", "--quiet", "--loop", "uvloop")
     try:
@@ -100,6 +102,7 @@ def test_serve_chooses_uvloop_and_stops_cleanly() -> None:
     assert code == 0 and "fakesmtp: stopped" in out
 
 
+@pytest.mark.slow
 def test_serve_loop_asyncio_keeps_the_standard_loop() -> None:
     served = Served("--port", "0", "--no-api", "--quiet", "--loop", "asyncio")
     try:

@@ -121,11 +121,11 @@ def test_a_trickled_line_times_out_as_a_command_timeout() -> None:
 def test_silence_times_out_as_an_idle_timeout_and_stop_timer_holds_it() -> None:
     async def script(wire: Wire) -> object:
         wire.stop_timer()  # a rule's delay: our slowness is not the client's idleness
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.2)
         wire.touch()
         return await wire.read_line()
 
-    result, timeouts, _ = exchange(script, [], idle=0.2)
+    result, timeouts, _ = exchange(script, [], idle=0.1)
     assert (result, timeouts) == ("cancelled", ["idle timeout"])
 
 
