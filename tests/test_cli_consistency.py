@@ -349,3 +349,46 @@ def test_help_reads_consistently() -> None:
                     assert param.metavar == "N", f"{' '.join(path)} {param.opts[0]}"
         result = CliRunner().invoke(main, [*path[1:], "--help"], prog_name="fakesmtp")
         assert result.exit_code == 0 and result.stdout.startswith(f"Usage: {' '.join(path)} ")
+
+
+def test_from_bounce_serve_takes_host_and_api_port(two_taken_ports: tuple[int, int]) -> None:
+    from pathlib import Path
+
+    bounce = Path(__file__).parent / "data" / "bounces" / "postfix-log-bounced.log"
+    smtp_port, api_port = two_taken_ports
+    result = run(
+        "from-bounce", str(bounce), "--serve", "--host", "127.0.0.1",
+        "--port", str(smtp_port), "--api-port", str(api_port),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-2:] == [
+        f"--port {smtp_port} is in use (another fakesmtp? try --port 0 or another port)",
+        f"--api-port {api_port} is in use (another fakesmtp? try --api-port 0 or --no-api)",
+    ]
+
+
+def test_serve_says_1_rule() -> None:
+    from tests.test_cli import Served
+
+    served = Served("--port", "0", "--no-api", "--scenario", "greylisting")
+    try:
+        assert served.process.stdout is not None
+        assert served.process.stdout.readline() == (
+            "scenario: greylisting (1 rule) - Ctrl-C to stop\n"
+        )
+    finally:
+        assert served.stop()[0] == 0
+
+
+def test_rules_from_python_get_the_same_suggestions() -> None:
+    from fakesmtp import ScenarioError
+
+    smtp = FakeSMTP()
+    with pytest.raises(ScenarioError, match=r": on: unknown stage 'RCPT'; did you mean 'rcpt'\?"):
+        smtp.on("RCPT").reply(550)
+    with pytest.raises(
+        ScenarioError, match=r": match\.recipient: unknown key; did you mean 'to'\?"
+    ):
+        smtp.on("rcpt", recipient="bob@x.test").reply(550)
+    with pytest.raises(ScenarioError, match=r"unknown per 'recipent'; did you mean 'recipient'\?"):
+        smtp.on("rcpt", per="recipent").reply(550)
