@@ -663,7 +663,7 @@ def _reply_line(code: int, status_text: str | None, text: str) -> str:
     return " ".join(part for part in (str(code), status_text, text) if part)
 
 
-def _explain_code(entry: CodeEntry, lang: str) -> list[str]:
+def _explain_code(entry: CodeEntry, lang: str, *, advice: bool = True) -> list[str]:
     labels = _LABELS[lang]
     kind = _KIND_NAMES[lang][entry.kind]
     out = [f"{entry.code} {entry.localized('summary', lang)} ({kind})"]
@@ -690,7 +690,8 @@ def _explain_code(entry: CodeEntry, lang: str) -> list[str]:
     else:
         retry = labels["retry_yes"] if entry.retry else labels["retry_no"]
     out.append(_field(labels["retry"], retry))
-    out.append(_field(labels["advice"], entry.localized("advice", lang)))
+    if advice:
+        out.append(_field(labels["advice"], entry.localized("advice", lang)))
     if entry.note:
         out.append(_field(labels["note"], entry.note))
     out.append(_field(labels["source"], entry.source))
@@ -710,7 +711,9 @@ def _explain_unknown_code(code: int, lang: str) -> list[str]:
     return out
 
 
-def _explain_status(status_text: str, lang: str, code_class: str | None = None) -> list[str]:
+def _explain_status(
+    status_text: str, lang: str, code_class: str | None = None, *, shown: str = ""
+) -> list[str]:
     labels = _LABELS[lang]
     entry = status(status_text)
     if entry is None:
@@ -757,6 +760,7 @@ def _explain_status(status_text: str, lang: str, code_class: str | None = None) 
     out.extend(
         _field(labels["vendor_use"], f"{sign.vendor}: {sign.summary}. {sign.advice}")
         for sign in signs_for_status(entry.status)
+        if sign.summary != shown  # already the lead block
     )
     if entry.source:
         out.append(_field(labels["source"], entry.source))
@@ -857,17 +861,27 @@ def explain(arg: str, lang: str = "en") -> str:
             for line in query.reply.splitlines()[1:]
         )
         out.append("")
+    reading = None
     if query.reply is not None:
+        reading = read_reply(query.code, query.status, " ".join(query.reply.split()))
         out.extend(_explain_reading(query, lang))
     # The enhanced status first: it says more precisely than the code what went wrong.
     if query.status is not None:
         code_class = str(query.code)[0] if query.code is not None else None
-        out.extend(_explain_status(query.status, lang, code_class))
+        shown = reading.summary if reading is not None else ""
+        out.extend(_explain_status(query.status, lang, code_class, shown=shown))
         if query.code is not None:
             out.append("")
     if query.code is not None:
         entry = code(query.code)
-        out.extend(_explain_code(entry, lang) if entry else _explain_unknown_code(query.code, lang))
+        # The code's generic advice ("For 5.1.1, remove the address") only when nothing more
+        # precise was said: it must never contradict the status or the text above it.
+        generic_ok = reading is None or reading.basis == "code"
+        out.extend(
+            _explain_code(entry, lang, advice=generic_ok)
+            if entry
+            else _explain_unknown_code(query.code, lang)
+        )
     return "\n".join(out)
 
 

@@ -194,3 +194,11 @@ def test_the_api_explains_a_greylisted_rcpt_by_its_text() -> None:
     assert rcpt["summary"] == "Greylisted, the first attempt is deferred on purpose"
     assert rcpt["advice"].startswith("Nothing to fix: retry from the same IP address")
     assert rcpt["status_meaning"].startswith("Delivery not authorized")  # kept, not shown first
+
+
+def test_a_pasted_dmarc_refusal_never_shows_550s_advice_about_5_1_1() -> None:
+    out = catalog.explain("550 5.7.26 message fails the DMARC policy of app.test")
+    assert "For 5.1.1" not in out
+    assert "  What to do:   Set up SPF and DKIM for your sending domain" in out
+    # A bare code keeps its own generic advice: nothing more precise was said.
+    assert "For 5.1.1, remove or correct the" in catalog.explain("550")
