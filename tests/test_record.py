@@ -284,6 +284,7 @@ def test_an_unreachable_upstream_is_a_421_from_the_relay() -> None:
 # --------------------------------------------------------------------------- the command
 
 
+@pytest.mark.slow  # runs the fakesmtp command in a subprocess
 def test_record_command_listens_relays_and_writes_the_file(
     upstream: FakeSMTP, tmp_path: Path
 ) -> None:
@@ -320,6 +321,7 @@ def test_record_command_listens_relays_and_writes_the_file(
         (["--upstream", "mx.example.test", "--delay-threshold", "soon"], "--delay-threshold:"),
     ],
 )
+@pytest.mark.slow  # runs the fakesmtp command in a subprocess
 def test_record_command_bad_input_is_one_line_and_exit_2(
     arguments: list[str], message: str
 ) -> None:
@@ -334,6 +336,7 @@ def test_record_command_bad_input_is_one_line_and_exit_2(
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.slow  # runs the fakesmtp command in a subprocess
 def test_append_to_an_invalid_file_is_refused_before_listening(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - on: rcpt\n    reply: 999\n")
