@@ -206,7 +206,7 @@ def message_filter(request: web.Request) -> Callable[[CapturedMessage], bool] | 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text (metrics.py counts; the route lives here so metrics never imports us)."""
-    return serve_metrics(request, _fake(request).metrics)
+    return await serve_metrics(request, _fake(request).metrics)
 
 
 def _fake(request: web.Request) -> FakeSMTP:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -187,6 +188,23 @@ def main() -> None:
     show_default=True,
     help="Console: a line per SMTP exchange, or one per session when it ends.",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    help="Serve SMTP from N processes on the one port (auto: one per CPU); one API shows all.",
+)
+@click.option(
+    "--state",
+    metavar="redis://HOST:PORT/DB",
+    help="Keep times/after counts in Redis or Valkey, shared by every worker and instance.",
+)
+@click.option(
+    "--no-capture",
+    is_flag=True,
+    help="Keep no messages or transcripts (load tests): /metrics and the console still count.",
+)
 def serve(
     scenario: str | None,
     host: str,
@@ -206,6 +224,9 @@ def serve(
     quiet: bool,
     loop_kind: str,
     log_each: str,
+    workers: str,
+    state: str | None,
+    no_capture: bool,
 ) -> None:
     """Serve SMTP as the scenario says, one line per exchange.
 
@@ -216,6 +237,7 @@ def serve(
       fakesmtp serve --banner 421 --no-api
       fakesmtp serve --host 0.0.0.0 --store /var/lib/fakesmtp   # in a container
       fakesmtp serve --lmtp --port 2424 --scenario mailbox-full
+      fakesmtp serve --workers auto --state redis://127.0.0.1:6379/0 --no-capture --quiet
     """
     ctx = click.get_current_context()
     if scenario == "-":  # the scenario's YAML from standard input
@@ -223,26 +245,40 @@ def serve(
     problems = []
     if (cert is None) != (key is None):
         problems.append("--cert and --key go together: give both or neither")
-    server = None
+    count = _worker_count(workers)
+    if no_capture and store is not None:
+        problems.append("--no-capture keeps nothing: it cannot go with --store DIR")
+    if state is not None:
+        from .redis_counters import StateError, check_url
+
+        try:
+            check_url(state)
+        except StateError as error:
+            problems.append(str(error))
+    options = dict(host=host, port=port, tls_port=tls_port, api_port=None if no_api else api_port,
+                   store=store, cert=cert, key=key, banner=banner, ehlo=ehlo, lmtp=lmtp,
+                   state=state, api_host=api_host, api_token=api_token,
+                   api_allow_hosts=api_allow_hosts)  # fmt: skip
+    server: FakeSMTP | None = None
     try:
-        server = FakeSMTP(
-            scenario,
-            host=host,
-            port=port,
-            tls_port=tls_port,
-            api_port=None if no_api else api_port,
-            store=store,
-            cert=cert,
-            key=key,
-            banner=banner,
-            ehlo=ehlo,
-            echo=not quiet,
-            echo_each=log_each,
-            lmtp=lmtp,
-            api_host=api_host,
-            api_token=api_token,
-            api_allow_hosts=api_allow_hosts,
-        )
+        if count > 1:
+            from .workers import Supervisor, WorkersError
+
+            worker_options = dict(lmtp=lmtp, cert=cert, key=key, banner=banner, ehlo=ehlo,
+                                  echo=not quiet, echo_each=log_each, loop=loop_kind,
+                                  state=state, capture=not no_capture)  # fmt: skip
+            try:
+                server = Supervisor(
+                    scenario, workers=count, worker_options=worker_options, **options
+                )
+            except WorkersError as error:
+                problems.append(str(error))
+        else:
+            if no_capture:
+                from .store import NoCaptureStore
+
+                options["store"] = NoCaptureStore()
+            server = FakeSMTP(scenario, echo=not quiet, echo_each=log_each, **options)
     except ScenarioError as error:
         problems.extend(_named_by_option(ctx, error, scenario=scenario, banner=banner, ehlo=ehlo))
     if server is not None:
@@ -306,6 +342,15 @@ def _listen_problems(ctx: click.Context, server: FakeSMTP) -> list[str]:
     return listen_problems(listeners)
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``: a number from 1, or ``auto`` for one per CPU."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise BadInput(f"--workers {text!r}: give a number from 1, or auto (one per CPU)")
+    return int(text)
+
+
 def raise_open_file_limit() -> None:
     """Lift the soft limit on open files towards the hard one.
 
@@ -339,7 +384,7 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         task = asyncio.create_task(server.serve_forever(stop))
-        while server.runtime is None or not server.listening:  # until the listeners are bound
+        while not server.listening:  # until the listeners (and, with --workers, the workers) are up
             if task.done():
                 await task
                 return
@@ -354,9 +399,12 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
             api += " (token required)"  # never the token itself: consoles end up in CI logs
         smtps = f", SMTPS on {server.host}:{server.tls_port}" if server.tls_port else ""
         protocol = "LMTP" if server.lmtp else "SMTP"
-        uvloop = " (uvloop)" if loop_name(loop) == "uvloop" else ""
+        extras = [f"{server.worker_count} workers"] if hasattr(server, "worker_count") else []
+        extras += ["uvloop"] if loop_name(loop) == "uvloop" else []
+        extras += [f"counts in {server.state}"] if server.state else []
+        more = f" ({', '.join(extras)})" if extras else ""
         click.echo(
-            f"fakesmtp {__version__}: {protocol} on {server.host}:{server.port}{smtps}{api}{uvloop}"
+            f"fakesmtp {__version__}: {protocol} on {server.host}:{server.port}{smtps}{api}{more}"
         )
         click.echo(
             f"scenario: {scenario.name} ({plural(len(scenario.rules), 'rule')}"

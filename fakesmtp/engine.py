@@ -163,6 +163,8 @@ class Engine:
         self._state = _State(scenario)
         self.counters: CounterStore = counters if counters is not None else MemoryCounters()
         self.clock = clock
+        # A networked store (redis_counters) answers hit() with an awaitable: use decide_async().
+        self.awaits: bool = getattr(self.counters, "awaits", False)
 
     @property
     def scenario(self) -> Scenario:

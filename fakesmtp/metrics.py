@@ -10,6 +10,7 @@ the API, which adds them up (``merge``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .stages import Stage
@@ -35,6 +36,8 @@ class Metrics:
         self.messages: Counter[str] = Counter()  # by outcome: kept, refused, dropped
         self.message_bytes = 0
         self.merged: dict[Any, Snapshot] = {}  # other processes' snapshots, by who sent them
+        # --workers: asks every worker for its counts (into ``merged``) before a scrape.
+        self.refresh: Callable[[], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ counting
 
@@ -48,6 +51,8 @@ class Metrics:
             self.sessions += 1
         elif kind == "ended":
             self.session_ended(item)
+        elif kind == "dropped":
+            self.dropped(item.size)
 
     def exchange(self, exchange: Exchange) -> None:
         stage = exchange.stage
@@ -121,10 +126,12 @@ class Metrics:
         return encoder(registry), content_type
 
 
-def serve_metrics(request: Any, metrics: Metrics) -> Any:
+async def serve_metrics(request: Any, metrics: Metrics) -> Any:
     """``GET /metrics``: the API's route (aiohttp is imported by the API, never here first)."""
     from aiohttp import web
 
+    if metrics.refresh is not None:  # --workers: fresh counts from every worker first
+        await metrics.refresh()
     body, content_type = metrics.render(request.headers.get("Accept"))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type  # carries its own version and charset

@@ -136,6 +136,8 @@ class FakeSMTP:
     too (0 = a free port). ``store`` is a directory to keep messages in across restarts.
     ``lmtp=True`` speaks LMTP (RFC 2033) instead: LHLO, and one reply per recipient.
     ``loop="uvloop"`` runs the background thread's loop on uvloop (``"auto"``: when installed).
+    ``state="redis://host:port/db"`` keeps times/after counts in Redis, shared with every other
+    server given the same state and scenario.
     ``api_token`` makes every API route ask for ``Authorization: Bearer TOKEN``;
     ``api_allow_hosts`` adds host names the API answers to (besides localhost and its addresses).
     """
@@ -149,7 +151,7 @@ class FakeSMTP:
         tls_port: int | None = None,
         api_port: int | None = None,
         api_host: str | None = None,
-        store: str | Path | None = None,
+        store: str | Path | MemoryStore | None = None,
         cert: str | None = None,
         key: str | None = None,
         banner: str | int | None = None,
@@ -160,6 +162,8 @@ class FakeSMTP:
         max_sessions: int = 10_000,
         lmtp: bool = False,
         loop: str = "asyncio",
+        reuse_port: bool = False,
+        state: str | None = None,
         api_token: str | None = None,
         api_allow_hosts: tuple[str, ...] | list[str] = (),
     ) -> None:
@@ -192,6 +196,10 @@ class FakeSMTP:
         self._max_sessions = max_sessions
         self.lmtp = lmtp
         self._loop_kind = loop
+        self.reuse_port = reuse_port  # SO_REUSEPORT: --workers' processes share the port
+        self.state = state
+        self._shared: Any = None  # the Redis connection, with --state
+        self.shutdown_grace = SHUTDOWN_GRACE  # what serve_forever() gives busy sessions
         self._cert, self._key = cert, key
         self._echo = echo
         self._echo_each = echo_each
@@ -218,7 +226,9 @@ class FakeSMTP:
     async def _start_on_loop(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        if self._store_dir is not None:
+        if isinstance(self._store_dir, MemoryStore):  # a store made by the caller (--workers)
+            self.store = self._store_dir
+        elif self._store_dir is not None:
             self.store = DirStore(
                 self._store_dir, max_messages=self._max_messages, max_sessions=self._max_sessions
             )
@@ -226,14 +236,47 @@ class FakeSMTP:
             self.store = MemoryStore(
                 max_messages=self._max_messages, max_sessions=self._max_sessions
             )
-        self.runtime = Runtime(self._initial, self.store, loop, cert=self._cert, key=self._key)
+        counters = None
+        if self.state is not None:
+            from .redis_counters import RedisConnection
+
+            self._shared = RedisConnection(self.state)
+            await self._shared.check()
+            counters = self._shared.counters_for
+        self.runtime = Runtime(
+            self._initial, self.store, loop, cert=self._cert, key=self._key, counters=counters
+        )
         if self._echo:
             stream = self._echo if not isinstance(self._echo, bool) else None
             self.store.subscribe(ConsoleLine(stream, self._echo_each))
-        runtime = self.runtime
-        session_class = LMTPSession if self.lmtp else ScenarioSMTP
         # Listeners join self._servers only once all are up: `serve` prints its first line (the
         # ports, the API's included) when it sees them, so they must be final by then.
+        servers: list[asyncio.base_events.Server] = []
+        try:
+            servers = await self._listen(loop, self.runtime)
+            if self.api_port is not None:
+                from .metrics import Metrics
+
+                self.metrics = Metrics()  # counted from now on, shown on the API's /metrics
+                if servers:  # (--workers: the workers count, this process adds their counts up)
+                    self.store.subscribe(self.metrics.observe)
+                # aiohttp takes longer to import than all of the rest: import it in a thread,
+                # while this loop already greets SMTP clients (start-up is "ready" sooner).
+                api = await loop.run_in_executor(None, importlib.import_module, "fakesmtp.api")
+                start_api = api.start_api
+
+                self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
+        except BaseException:
+            for bound in servers:  # free what was bound before the failure
+                bound.close()
+            raise
+        self._servers.extend(servers)
+
+    async def _listen(
+        self, loop: asyncio.AbstractEventLoop, runtime: Runtime
+    ) -> list[asyncio.base_events.Server]:
+        """The SMTP listener (and the SMTPS one), serving as soon as they are bound."""
+        session_class = LMTPSession if self.lmtp else ScenarioSMTP
         servers: list[asyncio.base_events.Server] = []
         try:
             server = await loop.create_server(
@@ -242,6 +285,7 @@ class FakeSMTP:
                 self.port,
                 backlog=LISTEN_BACKLOG,
                 reuse_address=True,
+                reuse_port=self.reuse_port,
             )
             servers.append(server)
             self.port = server.sockets[0].getsockname()[1]
@@ -254,25 +298,15 @@ class FakeSMTP:
                     ssl=context,
                     backlog=LISTEN_BACKLOG,
                     reuse_address=True,
+                    reuse_port=self.reuse_port,
                 )
                 servers.append(tls_server)
                 self.tls_port = tls_server.sockets[0].getsockname()[1]
-            if self.api_port is not None:
-                from .metrics import Metrics
-
-                self.metrics = Metrics()  # counted from now on, shown on the API's /metrics
-                self.store.subscribe(self.metrics.observe)
-                # aiohttp takes longer to import than all of the rest: import it in a thread,
-                # while this loop already greets SMTP clients (start-up is "ready" sooner).
-                api = await loop.run_in_executor(None, importlib.import_module, "fakesmtp.api")
-                start_api = api.start_api
-
-                self._api, self.api_port = await start_api(self, self.api_host, self.api_port)
         except BaseException:
-            for bound in servers:  # free what was bound before the failure
+            for bound in servers:
                 bound.close()
             raise
-        self._servers.extend(servers)
+        return servers
 
     async def _stop_on_loop(self, grace: float = SHUTDOWN_GRACE) -> None:
         for server in self._servers:
@@ -286,6 +320,9 @@ class FakeSMTP:
         if self._api is not None:
             await self._api.cleanup()
             self._api = None
+        if self._shared is not None:
+            await self._shared.close()
+            self._shared = None
 
     def start(self) -> FakeSMTP:
         """Start in a background thread; returns once the listeners accept connections."""
@@ -349,7 +386,7 @@ class FakeSMTP:
         try:
             await stop.wait()
         finally:
-            await self._stop_on_loop()
+            await self._stop_on_loop(self.shutdown_grace)
 
     # ------------------------------------------------------------------ inspecting
 

@@ -451,3 +451,20 @@ class DirStore(MemoryStore):
             if wanted:
                 for path in directory.iterdir():
                     path.unlink(missing_ok=True)
+
+
+class NoCaptureStore(MemoryStore):
+    """``--no-capture``: observers (the console line, /metrics) see everything; nothing is kept.
+
+    For load tests, where keeping every message and transcript would cost memory and time for
+    nothing: a message is acknowledged and published as "dropped" (its size counted), not stored.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_messages=0, max_sessions=0)
+
+    def open_session(self, record: SessionRecord) -> None:
+        self.publish("session", record)
+
+    async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
+        self.publish("dropped", message)

@@ -40,7 +40,10 @@ class LMTPSession(ScenarioSMTP):
         try:
             for recipient in recipients:
                 facts.recipients = [recipient]  # `to` and {to} mean this recipient
-                decision = engine.decide(Stage.END_OF_DATA, facts)
+                if engine.awaits:  # counts kept elsewhere (--state)
+                    decision = await engine.decide_async(Stage.END_OF_DATA, facts)
+                else:
+                    decision = engine.decide(Stage.END_OF_DATA, facts)
                 default = Reply(
                     code=250, status="2.0.0", lines=(f"<{recipient}> Ok: queued as {message_id}",)
                 )

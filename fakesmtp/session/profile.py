@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 
+from ..counters import CounterStore
 from ..engine import Engine
 from ..reply import Reply
 from ..scenario import Scenario, ServerSettings
@@ -35,12 +36,17 @@ def fixed_reply(code: int, status: str | None, *lines: str) -> Reply:
 class Profile:
     """The normal replies for one scenario's settings, built once per scenario (not per command)."""
 
-    def __init__(self, scenario: Scenario, starttls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        starttls: ssl.SSLContext | None,
+        counters: CounterStore | None = None,
+    ) -> None:
         s: ServerSettings = scenario.server
         self.scenario = scenario
         # The rules travel with the settings: a command that began before a swap is decided and
         # rendered by the scenario it began with, never by half of each.
-        self.engine = Engine(scenario)
+        self.engine = Engine(scenario, counters=counters)
         self.settings = s
         self.starttls = starttls
         self.enhanced = s.enhanced_status

@@ -10,9 +10,10 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Protocol
 
-from ..counters import OpenSessions
+from ..counters import CounterStore, OpenSessions
 from ..engine import Engine, Facts
 from ..scenario import Scenario
 from ..store import MemoryStore, SessionRecord
@@ -56,10 +57,12 @@ class Runtime:
         *,
         cert: str | None = None,
         key: str | None = None,
+        counters: Callable[[Scenario], CounterStore] | None = None,
     ) -> None:
         self.loop = loop
         self.store = store
         self.cert, self.key = cert, key
+        self.counters = counters  # where each scenario's engine counts (--state: Redis)
         self.profile = self._profile(scenario)
         self.active: set[LiveSession] = set()
         self.open_sessions = OpenSessions()  # for `concurrent` conditions; outlives swaps
@@ -69,7 +72,8 @@ class Runtime:
     def _profile(self, scenario: Scenario) -> Profile:
         tls = scenario.server.tls
         context = self.tls_context(scenario) if tls.starttls or tls.required else None
-        return Profile(scenario, context)
+        counters = self.counters(scenario) if self.counters is not None else None
+        return Profile(scenario, context, counters)
 
     def tls_context(self, scenario: Scenario) -> ssl.SSLContext:
         """From the command line's certificate, else the scenario's, else a generated one."""

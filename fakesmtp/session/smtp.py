@@ -364,7 +364,10 @@ class ScenarioSMTP:
         """Answer ``command`` as the scenario says, or with ``default``: decide, then respond."""
         assert self.facts is not None
         engine = self.profile.engine
-        decision = engine.decide(stage, self.facts)
+        if engine.awaits:  # counts kept elsewhere (--state): the hit is a round trip
+            decision = await engine.decide_async(stage, self.facts)
+        else:
+            decision = engine.decide(stage, self.facts)
         note = None
         if decision is None and engine.has_rules(stage):  # tell the transcript why none fired
             note = engine.why_not(stage, self.facts)
