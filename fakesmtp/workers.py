@@ -445,9 +445,7 @@ class Supervisor(FakeSMTP):
         loop = asyncio.get_running_loop()
         for worker in self.workers:
             try:
-                await asyncio.wait_for(
-                    loop.run_in_executor(None, worker.process.wait), grace + 10
-                )
+                await asyncio.wait_for(loop.run_in_executor(None, worker.process.wait), grace + 10)
             except TimeoutError:
                 worker.process.kill()
                 await loop.run_in_executor(None, worker.process.wait)
