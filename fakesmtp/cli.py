@@ -419,6 +419,10 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
             runner.run(run())
     except OSError as error:
         raise BadInput(f"cannot listen: {error.strerror or error}") from None
+    except Exception as error:
+        if getattr(error, "exit_code", None) == 2:  # the user's to fix (--state, --workers)
+            raise BadInput(str(error)) from None
+        raise
     click.echo("fakesmtp: stopped")
 
 

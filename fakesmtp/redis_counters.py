@@ -66,6 +66,8 @@ return total
 class StateError(Exception):
     """The shared state cannot be used: a bad URL, or Redis is unreachable."""
 
+    exit_code = 2  # the command line's to fix: one line, no traceback
+
 
 def check_url(url: str) -> str:
     """``redis://HOST:PORT/DB`` (or ``rediss://`` for TLS); anything else is refused."""

@@ -49,6 +49,8 @@ _LENGTH = struct.Struct("!I")
 class WorkersError(Exception):
     """A reason the workers cannot start or serve exactly (one line, for the CLI)."""
 
+    exit_code = 2  # the command line's to fix: one line, no traceback
+
 
 # --------------------------------------------------------------------------- which rules can run
 
