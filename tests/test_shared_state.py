@@ -135,7 +135,7 @@ def test_an_unreachable_redis_stops_the_start_with_one_line() -> None:
     assert bad.returncode == 2 and "give redis://HOST:PORT/DB" in bad.stderr
 
 
-# --------------------------------------------------------------------------- --workers 2, one address
+# --------------------------------------------------------------------------- --workers 2, one place
 
 
 @pytest.mark.slow
@@ -275,13 +275,10 @@ def test_two_instances_in_their_own_namespaces_behind_haproxy(tmp_path: Path) ->
         redis = RedisServer(host=namespaces.gateway)
         for name, address in zip(namespaces.names, namespaces.addresses, strict=True):
             command = ["ip", "netns", "exec", name, sys.executable, "-m", "fakesmtp", "serve"]
-            started.append(
-                Served("--host", address, "--port", "0", "--no-api", "--quiet", "--state",
-                       redis.url, "-s", str(scenario), command=command)  # fmt: skip
-            )
-        proxy = HAProxy(
-            [(a, s.port) for a, s in zip(namespaces.addresses, started, strict=True)]
-        )
+            options = ["--host", address, "--port", "0", "--no-api", "--quiet"]
+            options += ["--state", redis.url, "-s", str(scenario)]
+            started.append(Served(*options, command=command))
+        proxy = HAProxy([(a, s.port) for a, s in zip(namespaces.addresses, started, strict=True)])
         # The probe above used one backend's session: restart the alternation from a known point.
         front = ("127.0.0.1", proxy.port)
         burst_is_exact(lambda n: front, 200)  # 50 at once through the proxy, both instances
