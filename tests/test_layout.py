@@ -21,14 +21,14 @@ LAYERS = [
     {"yaml_errors", "access", "cli_env"},
     {"catalog", "scenario", "transcript"},
     {"store", "metrics", "mailview", "search"},
-    {"engine", "counters"},  # counters names engine.Facts for type checkers only
+    {"engine", "counters", "redis_counters"},  # counters names engine.Facts for type checkers only
     {"session.wire", "session.auth", "session.profile", "session.runtime"},
     {"session.smtp", "session.lmtp", "session"},
     {"bounce"},
     # FakeSMTP starts the API on its own loop, and the API is a view of a FakeSMTP: peers.
     # record relays (no engine of its own); its routes register with api like the others'.
     {"server", "api", "chaos", "rules_api", "mailpit", "mailhog", "record"},
-    {"pytest_plugin", "cli", "remote", "startup", "__main__", ""},
+    {"pytest_plugin", "cli", "remote", "startup", "workers", "__main__", ""},
 ]
 
 
