@@ -21,12 +21,14 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:  # aiohttp is imported with the API only: `serve --no-api` starts sooner
+    from aiohttp import web
 
 log = logging.getLogger("fakesmtp.api")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 # The page and its files: no captured data in them, so no token (a browser must load them to
 # be able to ask for it). The Host check still applies.
@@ -123,11 +125,14 @@ def _refuse(request: web.Request, status: int, message: str, **headers: str) -> 
     # Logged (without any header value that could be a secret): a user whose browser or
     # container is refused sees why in the console, and an attack leaves a trace.
     log.warning("API refused %s %s: %s", request.method, request.path, message)
+    from aiohttp import web
+
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
 def guard(access: ApiAccess) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """The aiohttp middleware enforcing ``access`` on every request."""
+    from aiohttp import web
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -365,7 +365,7 @@ class Supervisor(FakeSMTP):
         **options: Any,
     ) -> None:
         super().__init__(scenario, echo=False, **options)
-        check_shareable(self._initial, workers, state is not None)
+        check_shareable(self.initial_scenario, workers, state is not None)
         self.worker_count = workers
         self.state = state
         self.worker_options = worker_options  # lmtp, cert, key, banner, ehlo, echo, loop
