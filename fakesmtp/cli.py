@@ -620,7 +620,13 @@ def codes(kind: str | None, stage: str | None, as_json: bool, lang: str) -> None
 
 @main.command("from-bounce")
 @click.argument(
-    "source", metavar="FILE|-", type=click.File("r", encoding="utf-8", errors="replace")
+    "source", type=click.Path(exists=True, allow_dash=True, path_type=str), metavar="FILE|DIR|-"
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the findings (recipient, code, status, stage, text, family, evidence) as JSON.",
 )
 @click.option("--serve", "then_serve", is_flag=True, help="Serve the scenario at once.")
 @click.option(
@@ -648,28 +654,44 @@ def codes(kind: str | None, stage: str | None, as_json: bool, lang: str) -> None
 )
 @click.option("--no-api", is_flag=True, help="With --serve: no HTTP API.")
 def from_bounce(
-    source: click.utils.LazyFile,
+    source: str,
+    as_json: bool,
     then_serve: bool,
     port: int,
     host: str,
     api_port: int,
     no_api: bool,
 ) -> None:
-    """A bounce or MTA log line -> a scenario giving that reply.
+    """A bounce, a folder of them, or MTA log lines -> a scenario giving that reply.
+
+    Reads .eml and mbox files, Maildir or plain directories (one scenario, one rule per
+    distinct reply and recipients), pasted text and log lines. The reply is reproduced at the
+    stage the bounce states, for the recipients it names. Exits 2 when the bounce holds no
+    reply from a remote server (DNS, timeout, expiry, a local error).
 
     \b
     Examples:
       fakesmtp from-bounce bounce.eml > repro.yaml
+      fakesmtp from-bounce ~/Maildir/.Bounces > repro.yaml
       grep status=bounced /var/log/mail.log | fakesmtp from-bounce -
+      fakesmtp from-bounce bounce.eml --json
       fakesmtp from-bounce bounce.eml --serve
     """
-    from .bounce import BounceError, bounce_to_yaml
+    from .bounce import BounceError, findings_json, parse_sources, scenario_yaml
+    from .bounce.inputs import read_path, read_stdin
 
-    name = getattr(source, "name", "-")
+    name = "<stdin>" if source == "-" else source
     try:
-        text = bounce_to_yaml(source.read(), source=name)
+        sources = [read_stdin(sys.stdin.buffer)] if source == "-" else read_path(source)
+        collected = parse_sources(sources)
+        if as_json:
+            click.echo(findings_json(collected.findings), nl=False)
+            return
+        text = scenario_yaml(collected.findings, name, collected.skipped)
     except BounceError as error:
         raise BadInput(f"{name}: {error}") from None
+    except OSError as error:
+        raise BadInput(f"{name}: cannot read: {error.strerror or error}") from None
     if not then_serve:
         click.echo(text, nl=False)
         return

@@ -33,6 +33,7 @@ from . import (
     zoho,
 )
 from .findings import BounceError, Finding, Hints
+from .inputs import MAX_INPUT, Collected, Source, named
 from .mime import cut_returned_copy, looks_like_mail, messages, normalise, read_parts
 from .writer import LOOKED_FOR, findings_json, scenario_yaml
 
@@ -42,6 +43,7 @@ __all__ = [
     "bounce_to_yaml",
     "findings_json",
     "parse_bounce",
+    "parse_sources",
     "scenario_yaml",
 ]
 
@@ -71,11 +73,14 @@ PROSE_READERS: tuple[Reader, ...] = (
     generic.read,
 )
 
-# Bounds on what one input may cost (a bounce is a few kilobytes).
-MAX_INPUT = 32 * 1024 * 1024
+
+# The human-readable part of a bounce is a few KB; the readers look at this much of it, so a
+# huge text costs a bounded time (log lines are read whole, line by line).
+PROSE_LIMIT = 512 * 1024
 
 
 def _from_prose(text: str, hints: Hints) -> list[Finding]:
+    text = text[:PROSE_LIMIT]
     for reader in PROSE_READERS:
         if found := reader(text, hints):
             return found
@@ -101,7 +106,7 @@ def _combine(groups: list[dict[str, str]], prose: str, hints: Hints) -> list[Fin
     """The DSN's replies and the prose's, each completing the other."""
     prose_findings = _from_prose(prose, hints)
     if not prose_findings and not hints.local_failure:
-        prose_findings = generic.read_pasted(prose, hints) if not groups else []
+        prose_findings = generic.read_pasted(prose[:PROSE_LIMIT], hints) if not groups else []
     result = dsn.read(groups)
     if hints.local_failure and not prose_findings:
         # The family reader saw the reporting server's own failure: the DSN's
@@ -128,7 +133,7 @@ def _from_text(text: str, hints: Hints) -> list[Finding]:
     if hints.local_failure:
         return []
     return _from_prose(cut_returned_copy(text), hints) or (
-        [] if hints.local_failure else generic.read_pasted(text, hints)
+        [] if hints.local_failure else generic.read_pasted(text[:PROSE_LIMIT], hints)
     )
 
 
@@ -169,3 +174,20 @@ def parse_bounce(text: str) -> list[Finding]:
 def bounce_to_yaml(text: str, source: str = "-") -> str:
     """`fakesmtp from-bounce`: the bounce's text in, the scenario YAML out."""
     return scenario_yaml(parse_bounce(text), source)
+
+
+def parse_sources(sources: list[Source]) -> Collected:
+    """Every input's findings (one scenario for a folder of bounces); the inputs without a
+    reply are listed with the reason. Raises BounceError when no input has a reply."""
+    if len(sources) == 1:
+        return Collected(findings=parse_bounce(sources[0].text))
+    collected = Collected()
+    for source in sources:
+        try:
+            collected.findings += named(parse_bounce(source.text), source.name)
+        except BounceError as error:
+            collected.skipped.append((source.name, str(error)))
+    if not collected.findings:
+        name, why = collected.skipped[0]
+        raise BounceError(f"no bounce among the {len(sources)} files has a reply ({name}: {why})")
+    return collected

@@ -36,7 +36,9 @@ _HOST_PREFIX = re.compile(
     re.IGNORECASE,
 )
 _REASON = re.compile(r"^\s*reason:\s*", re.IGNORECASE)
-_ADDRESS_LINE = re.compile(r"^\s{1,8}\"?(?P<addr>[^\s<>@\"]+@[^\s<>\"]+?)\"?(?:\s+<[^>]*>)?:?\s*$")
+# The address a report is about, alone on its line (indented by Exim; GMX and 1&1 write it
+# at the margin, quoted or not, with a colon).
+_ADDRESS_LINE = re.compile(r"^\s{0,8}\"?(?P<addr>[^\s<>@\"]+@[^\s<>\"]+?)\"?(?:\s+<[^>]*>)?:?\s*$")
 _HOST_LINE = re.compile(r"^[ \t]*host\s+(?P<host>\S+)\s+\[(?P<ip>[^\]]*)\]\s*$")
 _FAILED_INTRO = re.compile(r"following address(?:\(es\)|es)? (?:failed|has failed)", re.IGNORECASE)
 
@@ -135,12 +137,17 @@ _LOG = re.compile(
     r"\b(?P<msgid>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})\s+"
     r"(?P<flag>\*\*|==|=>|->|\*>)\s+(?P<rcpt>[^\s:]+):?(?P<rest>.*)$"
 )
+_FLAGS = re.compile(r" (?:\*\*|==|=>|->|\*>) ")
 _LOG_HOST = re.compile(r"\bH=(?P<host>\S+)(?:\s+\[(?P<ip>[^\]]*)\])?")
 
 
 def read_log(text: str, hints: Hints) -> list[Finding]:
     events: list[Event] = []
+    if not _FLAGS.search(text):
+        return []
     for lineno, line in enumerate(text.split("\n"), 1):
+        if not _FLAGS.search(line):  # a cheap test first: most lines are not these
+            continue
         m = _LOG.search(line)
         if m is None:
             continue

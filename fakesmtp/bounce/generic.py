@@ -30,6 +30,8 @@ _MARKER = re.compile(
     r"|\berror that the other server returned was|\bserver returned|\breturned|\breason"
     r"|\berror was|\bError message below|\bbecause of|\bserver message|\bLast error"
     r"|\bDiagnostic[- ]Code:\s*smtp;|\bremote server replied|\bhas rejected|\bhost replied"
+    r"|\bfailed with|\bresponded(?: with)?|\breplied(?: with)?|\berror message was|\banswered"
+    r"|\bSMTP (?:error|response|reply)|\bremote (?:error|response)"
     r"|\bdid not like our [A-Za-z ]{1,20}?(?::<[^>\n]{0,300}>)?"
     # "SMTP:RCPT host 192.0.2.1: 553 ...": the command, the host, the reply.
     r"|\bSMTP:(?P<command>[A-Za-z]{3,8})\s+host\s+[^\s:]+)"
@@ -44,7 +46,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
     findings: list[Finding] = []
     pos = 0
     while m := _MARKER.search(text, pos):
-        raw, end = reply_block(text, m.end())
+        raw, end = reply_block(text, m.end(), wrapped=True)
         pos = max(end, m.end())  # a marker inside this reply's text is part of it, not another
         quote = text[m.end() - 1] if text[m.end() - 1] in "'\"" else ""
         if quote and raw.rstrip().endswith(quote):

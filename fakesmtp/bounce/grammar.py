@@ -129,20 +129,45 @@ def is_reply_line(line: str) -> bool:
     return REPLY_LINE.match(line.strip()) is not None
 
 
-def reply_block(text: str, start: int) -> tuple[str, int]:
-    """The reply that starts at `start`: its first line plus continuation lines of the same code."""
+# More lines than any server sends in one reply: the rest is not part of it.
+MAX_REPLY_LINES = 100
+# A line this long was probably wrapped by the MTA (they wrap near 72-78 characters).
+_WRAP_WIDTH = 60
+_FIELD_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:\s")
+
+
+def reply_block(text: str, start: int, *, wrapped: bool = False) -> tuple[str, int]:
+    """The reply that starts at `start`: its first line plus continuation lines of the same code.
+
+    With `wrapped`, an indented line after a long one continues it (the MTA wrapped the text);
+    parse_reply joins it and says so.
+    """
     end = text.find("\n", start)
     end = len(text) if end < 0 else end
     first = text[start:end]
     code = first[:3]
     block = [first]
+    previous = text[text.rfind("\n", 0, start) + 1 : end]
     while end < len(text):
         nxt = text.find("\n", end + 1)
         nxt = len(text) if nxt < 0 else nxt
-        line = text[end + 1 : nxt].strip().lstrip(">").strip()
-        if not (line.startswith(code) and line[3:4] in (" ", "-", "")):
+        raw_line = text[end + 1 : nxt]
+        line = raw_line.strip().lstrip(">").strip()
+        if len(block) >= MAX_REPLY_LINES:
+            break
+        same_code = line.startswith(code) and line[3:4] in (" ", "-", "")
+        wrapped_line = (
+            wrapped
+            and line
+            and raw_line[:1] in (" ", "\t")
+            and len(previous) >= _WRAP_WIDTH
+            and REPLY_LINE.match(line) is None
+            and not _FIELD_LIKE.match(line)
+        )
+        if not (same_code or wrapped_line):
             break
         block.append(line)
+        previous = raw_line
         end = nxt
     return "\n".join(block), end
 

@@ -11,7 +11,9 @@ from .grammar import IN_REPLY_TO, looks_local, parse_reply, squash, stage_of
 FAMILY = "OpenSMTPD"
 
 _LINE = re.compile(
-    r"^[ \t]*<?(?P<rcpt>[^\s<>@:\"]+@[^\s<>:\"]+?)>?:[ \t]*(?P<reply>[2-5][0-5]\d[ -].*)$"
+    r"^[ \t]*<?(?P<rcpt>[^\s<>@:\"]+@[^\s<>:\"]+?)>?:[ \t]*"
+    # SurfControl-style "rcpt: [192.0.2.1], 550 ...": the address the reply came from first.
+    r"(?:\[(?P<ip>[^\]\s]{1,60})\],?[ \t]*)?(?P<reply>[2-5][0-5]\d[ -].*)$"
 )
 _LOCAL_LINE = re.compile(r"^[ \t]*<?(?P<rcpt>[^\s<>@:\"]+@[^\s<>:\"]+?)>?:[ \t]*(?P<why>\D.*)$")
 _INTRO = re.compile(r"following (?:list of )?recipients?", re.IGNORECASE)
@@ -56,7 +58,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             reply.finding(
                 recipient=m["rcpt"],
                 stage=stage,
-                remote_mta=None,
+                remote_mta=m["ip"],
                 origin=f"bounce text line for {m['rcpt']}",
                 notes=tuple(notes),
                 family=FAMILY,

@@ -85,7 +85,11 @@ _RELAY = re.compile(r"\brelay=(?P<host>[^\s,]+?)\.?(?:\s+\[(?P<ip>[^\]]*)\])?,")
 
 def read_log(text: str, hints: Hints) -> list[Finding]:
     events: list[Event] = []
+    if "stat=" not in text:
+        return []
     for lineno, line in enumerate(text.split("\n"), 1):
+        if "stat=" not in line:  # a plain substring test first: most lines are not these
+            continue
         m = _TO.search(line)
         end = _NEXT_FIELD.search(line, m.end()) if m else None
         stat_at = _STAT.search(line, end.end()) if end else None
