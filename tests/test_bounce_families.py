@@ -1,0 +1,758 @@
+"""from-bounce, one MTA family at a time: samples written here in each family's layout (wrapped
+lines included), read by that family's module, then served and met by a real smtplib client.
+
+The samples are ours, written from the layouts the MTAs are known to send; none is copied from
+a collected bounce. Addresses are documentation ones (example.test, 192.0.2.0/24).
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fakesmtp import FakeSMTP
+from fakesmtp.bounce import (
+    BounceError,
+    amazonses,
+    courier,
+    domino,
+    dragonfly,
+    exchange,
+    exim,
+    generic,
+    gmail,
+    groupwise,
+    imail,
+    mdaemon,
+    mfilter,
+    opensmtpd,
+    parse_bounce,
+    postfix,
+    qmail,
+    scenario_yaml,
+    sendmail,
+    yahoo,
+    zoho,
+)
+from fakesmtp.bounce.findings import Hints
+from fakesmtp.cli import main
+from fakesmtp.scenario import load_scenario_text
+
+SENDER = "alice@shop.example.test"
+BYSTANDER = "someone-else@example.test"
+MESSAGE = f"From: {SENDER}\r\nTo: {BYSTANDER}\r\nSubject: probe\r\n\r\nHello.\r\n"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A bounce in one family's layout and the one reply it reports."""
+
+    reader: Callable[[str, Hints], list]
+    family: str
+    text: str
+    recipient: str | None
+    code: int
+    status: str | None
+    stage: str | None  # as the bounce states it (None: not stated)
+    text_lines: tuple[str, ...]
+    joined: bool = False  # the sample wraps the reply: a note must say lines were joined
+
+
+MAIL_HEAD = (
+    "From: MAILER-DAEMON@relay.example.test\n"
+    "To: alice@shop.example.test\n"
+    "Subject: Undelivered Mail\n"
+    "Date: Mon, 2 Mar 2026 10:00:00 +0000\n"
+    "MIME-Version: 1.0\n"
+)
+
+SAMPLES: dict[str, Sample] = {
+    "postfix": Sample(
+        postfix.read,
+        "Postfix",
+        "This is the mail system at host relay.example.test.\n\n"
+        "                   The mail system\n\n"
+        "<dora@example.test>: host mx.example.test[192.0.2.10] said: 554 5.7.1 The\n"
+        "    message was refused as it carries a forbidden attachment type (in reply\n"
+        "    to end of DATA command)\n",
+        "dora@example.test",
+        554,
+        "5.7.1",
+        "end_of_data",
+        ("The message was refused as it carries a forbidden attachment type",),
+        joined=True,
+    ),
+    "postfix-greeting": Sample(
+        postfix.read,
+        "Postfix",
+        "<eli@example.test>: connect to mx.example.test[192.0.2.11]:25: server refused\n"
+        "    to talk to me: 421 4.7.0 mx.example.test Too many connections from your\n"
+        "    network, slow down\n",
+        "eli@example.test",
+        421,
+        "4.7.0",
+        "connect",
+        ("mx.example.test Too many connections from your network, slow down",),
+    ),
+    "exim": Sample(
+        exim.read,
+        "Exim",
+        "This message was created automatically by mail delivery software.\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  fay@example.test\n"
+        "    SMTP error from remote mail server after RCPT TO:<fay@example.test>:\n"
+        "    host mx.example.test [192.0.2.12]: 550 5.1.1 <fay@example.test>: this\n"
+        "    mailbox was closed at the owner's request\n",
+        "fay@example.test",
+        550,
+        "5.1.1",
+        "rcpt",
+        ("<fay@example.test>: this mailbox was closed at the owner's request",),
+        joined=True,
+    ),
+    "exim-text-command": Sample(
+        exim.read,
+        "Exim",
+        "A message that you sent could not be delivered to one or more of\n"
+        "its recipients. This is a permanent error. The following address\n"
+        "failed:\n\n"
+        '"gus@example.test":\n'
+        "SMTP error from remote server for TEXT command, host: mx.example.test "
+        "(192.0.2.13) reason: 552 5.3.4 Message too large for this mailbox\n",
+        "gus@example.test",
+        552,
+        "5.3.4",
+        "end_of_data",
+        ("Message too large for this mailbox",),
+    ),
+    "sendmail-pipelined": Sample(
+        sendmail.read,
+        "Sendmail",
+        "   ----- The following addresses had permanent fatal errors -----\n"
+        "<hal@example.test>\n\n"
+        "   ----- Transcript of session follows -----\n"
+        "... while talking to mx.example.test.:\n"
+        ">>> MAIL From:<alice@shop.example.test> SIZE=812\n"
+        ">>> RCPT To:<hal@example.test>\n"
+        ">>> DATA\n"
+        "<<< 250 2.1.0 Sender ok\n"
+        "<<< 550 5.1.1 <hal@example.test>... No such mailbox here\n"
+        "<<< 503 5.5.1 No valid recipients\n"
+        "550 5.1.1 <hal@example.test>... User unknown\n",
+        "hal@example.test",
+        550,
+        "5.1.1",
+        "rcpt",
+        ("<hal@example.test>... No such mailbox here",),
+    ),
+    "sendmail-greeting": Sample(
+        sendmail.read,
+        "Sendmail",
+        "   ----- The following addresses had permanent fatal errors -----\n"
+        "<ida@example.test>\n\n"
+        "   ----- Transcript of session follows -----\n"
+        "... while talking to mx.example.test.:\n"
+        "<<< 554 mx.example.test ESMTP closed to your network\n"
+        ">>> QUIT\n"
+        "<<< 221 2.0.0 mx.example.test closing connection\n"
+        "554 5.0.0 Service unavailable\n",
+        "ida@example.test",
+        554,
+        None,
+        "connect",
+        ("mx.example.test ESMTP closed to your network",),
+    ),
+    "qmail": Sample(
+        qmail.read,
+        "qmail",
+        "Hi. This is the qmail-send program at relay.example.test.\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        "<jo@example.test>:\n"
+        "192.0.2.14 does not like recipient.\n"
+        "Remote host said: 550-5.2.1 The mailbox of jo is disabled\n"
+        "550 5.2.1 and receives no mail\n"
+        "Giving up on 192.0.2.14.\n",
+        "jo@example.test",
+        550,
+        "5.2.1",
+        "rcpt",
+        ("The mailbox of jo is disabled", "and receives no mail"),
+    ),
+    "exchange": Sample(
+        exchange.read,
+        "Exchange",
+        "Delivery has failed to these recipients or groups:\n\n"
+        "kim@example.test\n"
+        "The email address you entered couldn't be found.\n\n"
+        "Diagnostic information for administrators:\n\n"
+        "Generating server: ex01.example.test\n\n"
+        "kim@example.test\n"
+        "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found'\n",
+        "kim@example.test",
+        550,
+        "5.1.10",
+        None,
+        ("RESOLVER.ADR.RecipientNotFound; not found",),
+    ),
+    "gmail": Sample(
+        gmail.read,
+        "Gmail",
+        "Delivery to the following recipient failed permanently:\n\n"
+        "     lou@example.test\n\n"
+        "Technical details of permanent failure:\n"
+        "Google tried to deliver your message, but it was rejected by the server for\n"
+        "the recipient domain example.test by mx.example.test. [192.0.2.15].\n\n"
+        "The error that the other server returned was:\n"
+        "550 550 5.1.1 <lou@example.test>: no such user here (state 14).\n",
+        "lou@example.test",
+        550,
+        "5.1.1",
+        None,
+        ("<lou@example.test>: no such user here",),
+    ),
+    "yahoo": Sample(
+        yahoo.read,
+        "Yahoo",
+        "Sorry, we were unable to deliver your message to the following address.\n\n"
+        "<max@example.test>:\n"
+        "554: delivery error: dd Not a valid recipient - mta7.example.test [RCPT_TO]\n",
+        "max@example.test",
+        554,
+        None,
+        "rcpt",
+        ("delivery error: dd Not a valid recipient - mta7.example.test",),
+    ),
+    "amazonses": Sample(
+        amazonses.read,
+        "Amazon SES",
+        json.dumps(
+            {
+                "Type": "Notification",
+                "Message": json.dumps(
+                    {
+                        "notificationType": "Bounce",
+                        "bounce": {
+                            "bounceType": "Permanent",
+                            "bouncedRecipients": [
+                                {
+                                    "emailAddress": "ned@example.test",
+                                    "action": "failed",
+                                    "status": "5.1.1",
+                                    "diagnosticCode": "smtp; 550 5.1.1 ned: mailbox unknown",
+                                }
+                            ],
+                            "remoteMtaIp": "192.0.2.16",
+                        },
+                    }
+                ),
+            }
+        ),
+        "ned@example.test",
+        550,
+        "5.1.1",
+        None,
+        ("ned: mailbox unknown",),
+    ),
+    "dragonfly": Sample(
+        dragonfly.read,
+        "DragonFly",
+        "This is the DragonFly Mail Agent v0.13 at relay.example.test.\n\n"
+        "There was an error delivering your mail to <olga@example.test>.\n\n"
+        "mx.example.test [192.0.2.17] did not like our final DATA:\n"
+        "554 5.7.9 Message refused for policy reasons, see the postmaster page\n"
+        "of example.test for the details\n\n"
+        "Message headers follow.\n",
+        "olga@example.test",
+        554,
+        "5.7.9",
+        "end_of_data",
+        (
+            "Message refused for policy reasons, see the postmaster page of example.test "
+            "for the details",
+        ),
+        joined=True,
+    ),
+    "opensmtpd": Sample(
+        opensmtpd.read,
+        "OpenSMTPD",
+        "    Hi!\n\n"
+        "    This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+        "    An error has occurred while attempting to deliver a message for\n"
+        "    the following list of recipients:\n\n"
+        "pat@example.test: 452 4.2.2 <pat@example.test>: quota exceeded, try later\n\n"
+        "    Below is a copy of the original message:\n",
+        "pat@example.test",
+        452,
+        "4.2.2",
+        None,
+        ("<pat@example.test>: quota exceeded, try later",),
+    ),
+    "courier": Sample(
+        courier.read,
+        "Courier",
+        "This is a delivery status notification from relay.example.test,\n"
+        "running the Courier mail server, version 1.1.\n\n"
+        "<quinn@example.test>:\n"
+        "    mx.example.test [192.0.2.18]:\n"
+        ">>> RCPT TO:<quinn@example.test>\n"
+        "<<< 550 5.7.1 <quinn@example.test>: relaying denied for this sender\n",
+        "quinn@example.test",
+        550,
+        "5.7.1",
+        "rcpt",
+        ("<quinn@example.test>: relaying denied for this sender",),
+    ),
+    "interscan-transcript": Sample(
+        courier.read,
+        "transcript",
+        "Unable to deliver message to <ray@example.test>.\n\n"
+        "Sent <<< MAIL FROM:<alice@shop.example.test>\n"
+        "Received >>> 250 2.1.0 Ok\n"
+        "Sent <<< RCPT TO:<ray@example.test>\n"
+        "Received >>> 550 5.1.1 <ray@example.test>... User unknown\n",
+        "ray@example.test",
+        550,
+        "5.1.1",
+        "rcpt",
+        ("<ray@example.test>... User unknown",),
+    ),
+    "mdaemon": Sample(
+        mdaemon.read,
+        "MDaemon",
+        "--- The following addresses had delivery problems ---\n\n"
+        "<sam@example.test>   (Permanent: 550 5.2.2 <sam@example.test>: mailbox full)\n",
+        "sam@example.test",
+        550,
+        "5.2.2",
+        None,
+        ("<sam@example.test>: mailbox full",),
+    ),
+    "domino": Sample(
+        domino.read,
+        "Domino",
+        "Your message\n\n  Subject: Quarterly figures\n\n"
+        "was not delivered to:\n\n  tom@example.test\n\n"
+        "because:\n\n  550 5.1.1 <tom@example.test>... mailbox not found\n",
+        "tom@example.test",
+        550,
+        "5.1.1",
+        None,
+        ("<tom@example.test>... mailbox not found",),
+    ),
+    "groupwise": Sample(
+        groupwise.read,
+        "GroupWise",
+        "The message that you sent was undeliverable to the following:\n"
+        "\tuma@example.test (550 5.1.1 uma: unknown user)\n\n"
+        "Possible causes: the address is wrong.\n",
+        "uma@example.test",
+        550,
+        "5.1.1",
+        None,
+        ("uma: unknown user",),
+    ),
+    "imail": Sample(
+        imail.read,
+        "IMail",
+        "Unknown user or mailbox.\n\nBody of message generated response:\n\n"
+        "mx.example.test: 553 5.3.0 <vic@example.test>... Addressee unknown, "
+        "relay=[192.0.2.19]\n",
+        "vic@example.test",
+        553,
+        "5.3.0",
+        None,
+        ("<vic@example.test>... Addressee unknown, relay=[192.0.2.19]",),
+    ),
+    "mfilter": Sample(
+        mfilter.read,
+        "m-FILTER",
+        "This mail was generated by m-FILTER.\n\n"
+        "-------SMTP command:\nRCPT TO:<wes@example.test>\n"
+        "-------server message:\n550 5.1.1 unknown user <wes@example.test>\n\n"
+        "-------\n",
+        "wes@example.test",
+        550,
+        "5.1.1",
+        "rcpt",
+        ("unknown user <wes@example.test>",),
+    ),
+    "zoho": Sample(
+        zoho.read,
+        "Zoho",
+        "This message was created automatically by mail delivery software.\n\n"
+        "xia@example.test Invalid Address, ERROR_CODE :550, ERROR_CODE :5.1.1 "
+        "<xia@example.test>... User unknown\n",
+        "xia@example.test",
+        550,
+        "5.1.1",
+        None,
+        ("<xia@example.test>... User unknown",),
+    ),
+    "generic-prose": Sample(
+        generic.read,
+        "generic",
+        "Your message to yan@example.test could not be delivered.\n"
+        "The remote server mx.example.test did not like our RCPT TO:550 5.1.1 "
+        "<yan@example.test>: Recipient address rejected: User unknown in local\n"
+        "    recipient table\n",
+        "yan@example.test",
+        550,
+        "5.1.1",
+        "rcpt",
+        ("<yan@example.test>: Recipient address rejected: User unknown in local recipient table",),
+        joined=True,
+    ),
+    "generic-smtp-command": Sample(
+        generic.read,
+        "generic",
+        "Delivery to the following recipients failed permanently:\n\n   * zed@example.test\n\n"
+        "Technical details:\n\n"
+        "SMTP:RCPT host 192.0.2.20: 553 5.3.0 <zed@example.test>... No such user here\n",
+        "zed@example.test",
+        553,
+        "5.3.0",
+        "rcpt",
+        ("<zed@example.test>... No such user here",),
+    ),
+}
+
+
+def wire(code: int, status: str | None, lines: tuple[str, ...]) -> tuple[int, bytes]:
+    """What smtplib hands back for this reply: each line's status and text, joined."""
+    return code, "\n".join(f"{status or ''} {line}".strip() for line in lines).encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Each module reads its own layout
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_family_module_reads_its_layout(name: str) -> None:
+    sample = SAMPLES[name]
+    hints = Hints()
+    findings = sample.reader(sample.text, hints)
+    assert findings, f"{name}: nothing found; hints {hints}"
+    first = findings[0]
+    assert (first.recipient, first.code, first.status, first.stage) == (
+        sample.recipient,
+        sample.code,
+        sample.status,
+        sample.stage,
+    )
+    assert first.text == sample.text_lines
+    assert first.family == sample.family
+    assert first.evidence, "the bounce's own words are kept as evidence"
+    if sample.joined:
+        assert any("joined" in note for note in first.notes), first.notes
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_whole_pipeline_finds_the_same_reply(name: str) -> None:
+    """Through parse_bounce (every reader in order, as a mail or as pasted text)."""
+    sample = SAMPLES[name]
+    for text in (sample.text, MAIL_HEAD + "Content-Type: text/plain\n\n" + sample.text):
+        first = parse_bounce(text)[0]
+        assert (first.code, first.status, first.stage, first.text) == (
+            sample.code,
+            sample.status,
+            sample.stage,
+            sample.text_lines,
+        ), name
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips: generate, validate, serve, meet the reply with smtplib
+
+
+def attempt(server: FakeSMTP, stage: str, recipient: str) -> tuple[int, bytes]:
+    """One session up to `stage`, every earlier step accepted; the reply at that stage."""
+    if stage == "connect":
+        try:
+            smtp = smtplib.SMTP(server.host, server.port, timeout=5)
+        except smtplib.SMTPConnectError as error:
+            return error.smtp_code, error.smtp_error
+        smtp.quit()
+        return 220, b""
+    smtp = smtplib.SMTP(server.host, server.port, timeout=5)
+    try:
+        if stage in ("helo", "ehlo"):
+            return smtp.helo("client.example.test") if stage == "helo" else smtp.ehlo()
+        assert smtp.ehlo()[0] == 250
+        if stage == "mail":
+            return smtp.mail(SENDER)
+        assert smtp.mail(SENDER)[0] == 250
+        if stage == "rcpt":
+            return smtp.rcpt(recipient)
+        assert smtp.rcpt(recipient)[0] == 250
+        if stage == "data":
+            return smtp.docmd("DATA")
+        try:
+            return smtp.data(MESSAGE)
+        except smtplib.SMTPDataError as error:  # refused at DATA: not the stage we want
+            pytest.fail(f"DATA itself was refused: {error}")
+    finally:
+        with suppress(OSError):
+            smtp.close()
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_round_trip_per_family(name: str, serve: Callable[..., FakeSMTP]) -> None:
+    sample = SAMPLES[name]
+    finding = parse_bounce(sample.text)[0]
+    yaml_text = scenario_yaml([finding], f"{name}.eml")
+    scenario = load_scenario_text(yaml_text, source="<bounce>")
+    (rule,) = scenario.rules
+    stage = str(rule.on)
+    if sample.stage is not None:
+        assert stage == sample.stage
+    server = serve(yaml_text)
+    recipient = sample.recipient or BYSTANDER
+    assert attempt(server, stage, recipient) == wire(sample.code, sample.status, sample.text_lines)
+    if sample.recipient and stage in ("rcpt", "data", "end_of_data"):
+        assert attempt(server, stage, BYSTANDER)[0] == 250  # only the failed one meets it
+
+
+# --------------------------------------------------------------------------------------------
+# What each family writes when no remote server answered: a clean "no reply" error
+
+LOCAL_FAILURES = {
+    "sendmail-dns": "   ----- The following addresses had permanent fatal errors -----\n"
+    "<ann@example.test>\n    (reason: 550 Host unknown)\n\n"
+    "   ----- Transcript of session follows -----\n"
+    "550 5.1.2 <ann@example.test>... Host unknown (Name server: example.test.: host not found)\n",
+    "postfix-refused": "<bob@example.test>: connect to mx.example.test[192.0.2.21]:25: "
+    "Connection refused\n",
+    "postfix-timeout": "<cy@example.test>: conversation with mx.example.test[192.0.2.22] timed\n"
+    "    out while receiving the initial server greeting\n",
+    "exim-retry": "A message that you sent could not be delivered to one or more of its\n"
+    "recipients. This is a permanent error. The following address(es) failed:\n\n"
+    "  dee@example.test\n    retry timeout exceeded\n",
+    "qmail-connect": "<ed@example.test>:\n"
+    "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n",
+    "dsn-expired": MAIL_HEAD + 'Content-Type: multipart/report; boundary="B"\n\n'
+    "--B\nContent-Type: text/plain\n\nDelivery failed.\n\n"
+    "--B\nContent-Type: message/delivery-status\n\n"
+    "Reporting-MTA: dns; relay.example.test\n\n"
+    "Final-Recipient: rfc822; flo@example.test\nAction: failed\nStatus: 4.4.7\n"
+    "Diagnostic-Code: smtp; 554 4.4.7 Message expired: unable to deliver in 840 minutes.\n"
+    " <421 4.4.2 Connection timed out>\n\n--B--\n",
+    "dsn-status-only": MAIL_HEAD + 'Content-Type: multipart/report; boundary="B"\n\n'
+    "--B\nContent-Type: text/plain\n\nA local program failed.\n\n"
+    "--B\nContent-Type: message/delivery-status\n\n"
+    "Reporting-MTA: dns; relay.example.test\n\n"
+    "Final-Recipient: rfc822; gil@example.test\nAction: failed\nStatus: 5.3.0\n"
+    "Diagnostic-Code: X-Unix; 77\n\n--B--\n",
+    "office365-dns": "Diagnostic information for administrators:\n\n"
+    "Generating server: ex02.example.test\n\nhub@example.test\n"
+    "Remote Server returned '550 5.4.312 Message expired, DNS query failed'\n",
+    "opensmtpd-domain": "    An error has occurred while attempting to deliver a message for\n"
+    "    the following list of recipients:\n\nivy@example.test: Domain not found\n",
+    "ses-delivery": json.dumps(
+        {
+            "notificationType": "Delivery",
+            "delivery": {"recipients": ["jay@example.test"]},
+        }
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOCAL_FAILURES))
+def test_no_remote_reply_is_a_clean_error(name: str) -> None:
+    with pytest.raises(BounceError) as caught:
+        parse_bounce(LOCAL_FAILURES[name])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "no SMTP reply" in message or "only successful deliveries" in message
+
+
+def test_no_remote_reply_exits_2_from_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "bounce.txt"
+    path.write_text(LOCAL_FAILURES["sendmail-dns"])
+    result = CliRunner().invoke(main, ["from-bounce", str(path)])
+    assert result.exit_code == 2
+    assert "Host unknown" in result.output and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# The reply's own words win; several replies give several rules
+
+
+def test_reply_status_beats_the_dsn_status_and_lines_are_kept() -> None:
+    text = (
+        MAIL_HEAD + 'Content-Type: multipart/report; boundary="B"\n\n'
+        "--B\nContent-Type: text/plain\n\nFailed.\n\n"
+        "--B\nContent-Type: message/delivery-status\n\n"
+        "Reporting-MTA: dns; relay.example.test\n\n"
+        "Final-Recipient: rfc822; kay@example.test\nAction: failed\nStatus: 5.0.0\n"
+        "Remote-MTA: dns; mx.example.test\n"
+        "Diagnostic-Code: smtp; 552-5.2.2 The mailbox of kay is full.\n"
+        "552-5.2.2 Ask kay to delete some mail,\n"
+        "552 5.2.2 then send again.\n\n--B--\n"
+    )
+    (finding,) = parse_bounce(text)
+    assert (finding.code, finding.status) == (552, "5.2.2")
+    assert finding.text == (
+        "The mailbox of kay is full.",
+        "Ask kay to delete some mail,",
+        "then send again.",
+    )
+
+
+def test_dsn_status_used_only_when_the_reply_has_none_and_said_so() -> None:
+    text = (
+        "Final-Recipient: rfc822; lee@example.test\nAction: failed\nStatus: 5.7.1\n"
+        "Diagnostic-Code: smtp; 550 Relaying denied\n"
+    )
+    (finding,) = parse_bounce(text)
+    assert (finding.code, finding.status) == (550, "5.7.1")
+    assert any("from the DSN Status" in note for note in finding.notes)
+
+
+def test_different_replies_give_different_rules_each_for_its_recipients() -> None:
+    text = (
+        "    the following list of recipients:\n\n"
+        "mo@example.test: 550 5.1.1 <mo@example.test>: User unknown\n"
+        "nia@example.test: 552 5.2.2 <nia@example.test>: Mailbox full\n"
+    )
+    findings = parse_bounce(text)
+    assert [(f.recipient, f.code, f.status) for f in findings] == [
+        ("mo@example.test", 550, "5.1.1"),
+        ("nia@example.test", 552, "5.2.2"),
+    ]
+    scenario = load_scenario_text(scenario_yaml(findings), source="<bounce>")
+    assert len(scenario.rules) == 2
+
+
+def test_greeting_that_turns_into_a_refusal_keeps_the_refusal() -> None:
+    text = (
+        "<oz@example.test>: host mx.example.test[192.0.2.23] refused to talk to me:\n"
+        "    220-mx.example.test 421 4.2.1 Service refused, please try later\n"
+    )
+    (finding,) = parse_bounce(text)
+    assert (finding.code, finding.status, finding.stage) == (421, "4.2.1", "connect")
+
+
+def test_relay_that_rewrote_the_mime_boundary_is_still_read() -> None:
+    text = (
+        MAIL_HEAD + 'Content-Type: multipart/report; boundary="declared.1"\n\n'
+        "--actual.2\nContent-Type: text/plain\n\n"
+        "<pia@example.test>: host mx.example.test[192.0.2.24] said: 550 5.1.1 no such\n"
+        "    user (in reply to RCPT TO command)\n\n--actual.2--\n"
+    )
+    (finding,) = parse_bounce(text)
+    assert (finding.recipient, finding.code, finding.stage) == ("pia@example.test", 550, "rcpt")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: directories, Maildirs, stdin, --json
+
+
+def test_maildir_gives_one_scenario_with_duplicates_merged(tmp_path: Path) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "cur" / "1").write_text(SAMPLES["postfix"].text)
+    (tmp_path / "new" / "2").write_text(SAMPLES["postfix"].text)  # the same bounce again
+    (tmp_path / "new" / "3").write_text(SAMPLES["exim"].text)
+    (tmp_path / "new" / "4").write_text(LOCAL_FAILURES["postfix-refused"])
+    result = CliRunner().invoke(main, ["from-bounce", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    scenario = load_scenario_text(result.output, source="<bounce>")
+    assert sorted((str(r.on), r.reply.code) for r in scenario.rules) == [
+        ("end_of_data", 554),
+        ("rcpt", 550),
+    ]
+    assert "# no reply in" in result.output and "Connection refused" in result.output
+
+
+def test_json_lists_the_findings(tmp_path: Path) -> None:
+    path = tmp_path / "b.txt"
+    path.write_text(SAMPLES["dragonfly"].text)
+    result = CliRunner().invoke(main, ["from-bounce", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["findings"]
+    assert {k: row[k] for k in ("recipient", "code", "status", "stage", "family")} == {
+        "recipient": "olga@example.test",
+        "code": 554,
+        "status": "5.7.9",
+        "stage": "end_of_data",
+        "family": "DragonFly",
+    }
+    assert "did not like our final DATA" in row["evidence"]
+
+
+def test_stdin_is_read() -> None:
+    result = CliRunner().invoke(main, ["from-bounce", "-"], input=SAMPLES["qmail"].text)
+    assert result.exit_code == 0, result.output
+    assert "code: 550" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile inputs: a clean error or a result within seconds, never a traceback
+
+
+def test_huge_file_is_refused_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "huge.eml"
+    with path.open("wb") as handle:
+        handle.write(b"Subject: x\n\n")
+        block = (b"x" * 1023 + b"\n") * 1024
+        for _ in range(100):  # 100 MB
+            handle.write(block)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["from-bounce", str(path)])
+    assert result.exit_code == 2
+    assert "over the 32 MB" in result.output
+    assert time.monotonic() - started < 5
+
+
+def test_deep_mime_nesting_is_refused_cleanly() -> None:
+    depth = 1000
+    parts = [MAIL_HEAD + 'Content-Type: multipart/mixed; boundary="b0"\n\n']
+    parts += [
+        f'--b{i - 1}\nContent-Type: multipart/mixed; boundary="b{i}"\n\n' for i in range(1, depth)
+    ]
+    parts.append(f"--b{depth - 1}\nContent-Type: text/plain\n\n550 5.1.1 no\n")
+    parts += [f"--b{i}--\n" for i in range(depth - 1, -1, -1)]
+    started = time.monotonic()
+    with pytest.raises(BounceError, match="nest"):
+        parse_bounce("".join(parts))
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_ten_thousand_recipients_give_a_result_in_seconds() -> None:
+    groups = "".join(
+        f"Final-Recipient: rfc822; u{i}@example.test\nAction: failed\nStatus: 5.1.1\n"
+        f"Diagnostic-Code: smtp; 550 5.1.1 unknown user\n\n"
+        for i in range(10_000)
+    )
+    text = (
+        MAIL_HEAD + 'Content-Type: multipart/report; boundary="B"\n\n'
+        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; r.example.test\n\n"
+        + groups
+        + "--B--\n"
+    )
+    started = time.monotonic()
+    findings = parse_bounce(text)
+    yaml_text = scenario_yaml(findings)
+    assert len(findings) == 10_000
+    assert time.monotonic() - started < 10
+    (rule,) = load_scenario_text(yaml_text, source="<bounce>").rules  # one reply: one rule
+    assert rule.reply.code == 550
+
+
+def test_long_noise_of_reply_lines_costs_bounded_time() -> None:
+    text = ("550 " + "a" * 90 + "\n") * 20_000
+    started = time.monotonic()
+    (finding,) = parse_bounce(text)
+    assert finding.code == 550 and len(finding.text) <= 100
+    assert time.monotonic() - started < 5
