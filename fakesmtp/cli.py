@@ -662,7 +662,7 @@ def from_bounce(
     api_port: int,
     no_api: bool,
 ) -> None:
-    """A bounce, a folder of them, or MTA log lines -> a scenario giving that reply.
+    """A bounce, folder or log -> a scenario giving that reply.
 
     Reads .eml and mbox files, Maildir or plain directories (one scenario, one rule per
     distinct reply and recipients), pasted text and log lines. The reply is reproduced at the
