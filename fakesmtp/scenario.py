@@ -9,6 +9,8 @@ caller's file and line, so it meets the same validator without a trip through YA
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -803,9 +805,24 @@ def _compose(text: str) -> yaml.Node | None:
     if _FAST_SAFE_LOADER is not None:
         try:
             return yaml.compose(text, Loader=_FAST_SAFE_LOADER)
-        except yaml.YAMLError:
-            pass  # the pure-Python loader words its errors better: let it say what is wrong
-    return yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as error:
+            # libyaml stops at 1,000 levels of nesting; the pure-Python loader would recurse
+            # until Python's own limit and fail with a traceback instead: keep libyaml's word.
+            if "nesting depth" in str(error):
+                raise
+            # Otherwise the pure-Python loader words its errors better: let it say what is wrong.
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise _TooDeep() from None
+
+
+class _TooDeep(yaml.YAMLError):
+    """Nesting deeper than the pure-Python loader can follow (it recurses once per level)."""
+
+    problem = "nested too deeply (a scenario needs a few levels, this has hundreds)"
+    problem_mark = None
+    context_mark = None
 
 
 def load_scenario_text(
@@ -816,6 +833,28 @@ def load_scenario_text(
     ``file_check(path)`` says whether a file the scenario names (``tls.cert``) may be read;
     the API passes one so a client cannot make the server read, or probe, other files.
     """
+    with collector_paused():
+        return _load_text(text, source, file_check)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Keep Python's cycle collector out of a load.
+
+    A big scenario allocates hundreds of thousands of nodes and rules, none of them garbage
+    cycles; the collector would walk them all again and again (a 100,000-rule load took three
+    times as long), holding the GIL the SMTP loop needs when the API loads in a worker thread.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_text(text: str, source: str, file_check: Callable[[str], bool] | None) -> Scenario:
     try:
         root = _compose(text)
     except yaml.YAMLError as error:
@@ -834,9 +873,28 @@ def load_scenario_text(
         raise ScenarioError([problem]) from None
     builder = _Builder(source, file_check)
     scenario = builder.scenario(root, text)
+    _dismantle(root)
     if builder.read.problems or scenario is None:
         raise ScenarioError(builder.read.problems)
     return scenario
+
+
+def _dismantle(root: yaml.Node | None) -> None:
+    """Free the node tree a piece at a time.
+
+    Dropped at once, a tree of 100,000 rules is freed in one C call that holds the GIL for
+    a large fraction of a second; when the API loads a scenario in a worker thread, that
+    would stall the event loop serving every SMTP session. Popping the rules one by one
+    lets the interpreter switch threads between them.
+    """
+    if root is None or not isinstance(root.value, list):
+        return
+    for pair in root.value:
+        value = pair[1] if isinstance(pair, tuple) else pair
+        if isinstance(value, yaml.SequenceNode | yaml.MappingNode):
+            items = value.value
+            while items:
+                items.pop()
 
 
 def load_scenario_file(path: str | Path) -> Scenario:
