@@ -245,6 +245,8 @@ async def health(request: web.Request) -> web.Response:
             "sessions": len(store.sessions()),
             "active_sessions": len(runtime.active) if runtime is not None else 0,
             "errors": len(fake.errors),
+            # What is kept against the limits, and how much was dropped to stay within them.
+            "store": store.usage(),
         }
     )
 

@@ -26,6 +26,7 @@ from .scenario import (
     unknown_scenario,
 )
 from .server import FakeSMTP
+from .store import MAX_MESSAGES, Retention, StoreError
 from .suggest import plural
 from .version import __version__
 
@@ -152,6 +153,29 @@ def main() -> None:
     help="Keep messages and transcripts in DIR (fsynced before each 250).",
 )
 @click.option(
+    "--store-keep",
+    metavar="N|SIZE|AGE",
+    callback=lambda ctx, param, value: _checked(Retention.parse, value, "--store-keep"),
+    help="How much --store DIR keeps: messages (5000), bytes (2GiB) or age (7d, 12h); "
+    "the oldest beyond it are deleted. Default: as many as --max-messages.",
+)
+@click.option(
+    "--max-messages",
+    type=click.IntRange(1),
+    default=MAX_MESSAGES,
+    show_default=True,
+    metavar="N",
+    help="Messages kept in memory; beyond it the oldest are dropped.",
+)
+@click.option(
+    "--max-memory",
+    metavar="SIZE",
+    default="256MiB",
+    show_default=True,
+    callback=lambda ctx, param, value: _checked(_size, value, "--max-memory"),
+    help="Memory for messages and transcripts; beyond it the oldest are dropped.",
+)
+@click.option(
     "--tls-port",
     type=click.IntRange(0, 65535),
     metavar="N",
@@ -215,6 +239,9 @@ def serve(
     api_token: str | None,
     api_allow_hosts: tuple[str, ...],
     store: str | None,
+    store_keep: Retention | None,
+    max_messages: int,
+    max_memory: int,
     tls_port: int | None,
     cert: str | None,
     key: str | None,
@@ -258,7 +285,8 @@ def serve(
     options = dict(host=host, port=port, tls_port=tls_port, api_port=None if no_api else api_port,
                    store=store, cert=cert, key=key, banner=banner, ehlo=ehlo, lmtp=lmtp,
                    state=state, api_host=api_host, api_token=api_token,
-                   api_allow_hosts=api_allow_hosts)  # fmt: skip
+                   api_allow_hosts=api_allow_hosts, store_keep=store_keep,
+                   max_messages=max_messages, max_memory=max_memory)  # fmt: skip
     server: FakeSMTP | None = None
     try:
         if count > 1:
@@ -351,6 +379,25 @@ def _worker_count(text: str) -> int:
     return int(text)
 
 
+def _checked(parse: Any, value: str | None, option: str) -> Any:
+    """An option's text through its parser, or a one-line usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=option) from None
+
+
+def _size(text: str) -> int:
+    from .patterns import parse_size
+
+    size = parse_size(text)
+    if size < 1024 * 1024:
+        raise ValueError(f"{text} is less than 1MiB")
+    return size
+
+
 def raise_open_file_limit() -> None:
     """Lift the soft limit on open files towards the hard one.
 
@@ -417,6 +464,8 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(run())
+    except StoreError as error:
+        raise BadInput(str(error)) from None
     except OSError as error:
         raise BadInput(f"cannot listen: {error.strerror or error}") from None
     except Exception as error:

@@ -35,7 +35,17 @@ from .session.lmtp import LMTPSession
 from .session.runtime import SHUTDOWN_GRACE, Runtime
 from .session.smtp import ScenarioSMTP
 from .stages import Stage
-from .store import CapturedMessage, DirStore, Exchange, MemoryStore, SessionRecord
+from .store import (
+    MAX_MEMORY,
+    MAX_MESSAGES,
+    MAX_SESSIONS,
+    CapturedMessage,
+    DirStore,
+    Exchange,
+    MemoryStore,
+    Retention,
+    SessionRecord,
+)
 
 log = logging.getLogger("fakesmtp")
 
@@ -134,6 +144,8 @@ class FakeSMTP:
     the default scenario (accept everything; ``rcpt-550@x`` asks RCPT to answer 550).
     ``port=0`` picks a free port; read it back from ``.port``. ``api_port`` starts the HTTP API
     too (0 = a free port). ``store`` is a directory to keep messages in across restarts.
+    What is kept is bounded: ``max_messages`` and ``max_memory`` (bytes) in memory, the oldest
+    dropped first; ``store_keep`` (``"5000"``, ``"2GiB"``, ``"7d"``) for the directory.
     ``lmtp=True`` speaks LMTP (RFC 2033) instead: LHLO, and one reply per recipient.
     ``loop="uvloop"`` runs the background thread's loop on uvloop (``"auto"``: when installed).
     ``state="redis://host:port/db"`` keeps times/after counts in Redis, shared with every other
@@ -158,8 +170,10 @@ class FakeSMTP:
         ehlo: str | int | None = None,
         echo: bool | TextIO = False,
         echo_each: str = "exchange",
-        max_messages: int = 10_000,
-        max_sessions: int = 10_000,
+        max_messages: int = MAX_MESSAGES,
+        max_sessions: int = MAX_SESSIONS,
+        max_memory: int = MAX_MEMORY,
+        store_keep: str | Retention | None = None,
         lmtp: bool = False,
         loop: str = "asyncio",
         reuse_port: bool = False,
@@ -192,8 +206,13 @@ class FakeSMTP:
             files=(self._initial.source, cert, key),
         )
         self._store_dir = store
-        self._max_messages = max_messages
-        self._max_sessions = max_sessions
+        # Bounds of what is kept: count and bytes in memory, retention on disk (store.py).
+        self._limits = {
+            "max_messages": max_messages,
+            "max_sessions": max_sessions,
+            "max_memory": max_memory,
+        }
+        self._keep = Retention.parse(store_keep) if isinstance(store_keep, str) else store_keep
         self.lmtp = lmtp
         self._loop_kind = loop
         self.reuse_port = reuse_port  # SO_REUSEPORT: --workers' processes share the port
@@ -229,13 +248,9 @@ class FakeSMTP:
         if isinstance(self._store_dir, MemoryStore):  # a store made by the caller (--workers)
             self.store = self._store_dir
         elif self._store_dir is not None:
-            self.store = DirStore(
-                self._store_dir, max_messages=self._max_messages, max_sessions=self._max_sessions
-            )
+            self.store = DirStore(self._store_dir, keep=self._keep, **self._limits)
         else:
-            self.store = MemoryStore(
-                max_messages=self._max_messages, max_sessions=self._max_sessions
-            )
+            self.store = MemoryStore(**self._limits)
         counters = None
         if self.state is not None:
             from .redis_counters import RedisConnection

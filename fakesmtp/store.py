@@ -12,6 +12,7 @@ import contextlib
 import email
 import email.policy
 import json
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .reply import parse_reply_line
+
+log = logging.getLogger("fakesmtp.store")
 
 
 def new_id() -> str:
@@ -86,7 +89,10 @@ class SessionRecord:
     user: str | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)
-    exchanges_dropped: int = 0  # past MAX_EXCHANGES_PER_SESSION
+    exchanges_dropped: int = 0  # cut from the middle of a transcript past its byte limit
+    bytes_dropped: int = 0
+    cut_at: int | None = None  # where in `exchanges` the cut is: what came before is the start
+    kept_bytes: int = 0  # what the kept exchanges cost, roughly, for the store's byte limit
 
     def to_json(self, transcript: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -104,6 +110,13 @@ class SessionRecord:
             "exchange_count": len(self.exchanges) + self.exchanges_dropped,
             "exchanges_dropped": self.exchanges_dropped,
         }
+        if self.cut_at is not None:
+            # Where the transcript was cut and what went: its start and its end are kept.
+            data["cut"] = {
+                "after": self.cut_at,
+                "exchanges": self.exchanges_dropped,
+                "bytes": self.bytes_dropped,
+            }
         if transcript:
             data["transcript"] = [exchange.to_json() for exchange in list(self.exchanges)]
         return data
@@ -135,31 +148,103 @@ class SessionRecord:
             )
             if k in data
         }
-        return cls(exchanges=exchanges, **fields)
+        cut = data.get("cut")
+        if isinstance(cut, dict):
+            fields["cut_at"] = cut.get("after")
+            fields["bytes_dropped"] = cut.get("bytes", 0)
+        record = cls(exchanges=exchanges, **fields)
+        record.kept_bytes = sum(exchange_cost(e) for e in exchanges)
+        return record
 
 
-@dataclass(slots=True, eq=False)
 class CapturedMessage:
-    """A message accepted with 250: its envelope and the raw bytes the client sent."""
+    """A message accepted with 250: its envelope and the raw bytes the client sent.
 
-    id: str
-    session_id: str
-    mail_from: str
-    rcpt_tos: list[str]
-    raw: bytes
-    received_at: float = field(default_factory=time.time)
-    mail_options: list[str] = field(default_factory=list)
-    rcpt_options: dict[str, list[str]] = field(default_factory=dict)
-    _headers: Any = None
-    _message: EmailMessage | None = None
+    A message kept by a ``--store`` directory holds only its envelope in memory; ``raw`` reads
+    the bytes from its file each time they are asked for.
+    """
+
+    __slots__ = (
+        "_headers",
+        "_path",
+        "_raw",
+        "_size",
+        "_subject",
+        "id",
+        "mail_from",
+        "mail_options",
+        "rcpt_options",
+        "rcpt_tos",
+        "received_at",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        session_id: str,
+        mail_from: str,
+        rcpt_tos: list[str],
+        raw: bytes | None = None,
+        received_at: float | None = None,
+        mail_options: list[str] | None = None,
+        rcpt_options: dict[str, list[str]] | None = None,
+        *,
+        path: Path | None = None,
+        size: int | None = None,
+        subject: str | None = None,
+    ) -> None:
+        self.id = id
+        self.session_id = session_id
+        self.mail_from = mail_from
+        self.rcpt_tos = rcpt_tos
+        self._raw = raw
+        self._path = path
+        self._size = len(raw) if raw is not None else (size or 0)
+        self.received_at = time.time() if received_at is None else received_at
+        self.mail_options = mail_options if mail_options is not None else []
+        self.rcpt_options = rcpt_options if rcpt_options is not None else {}
+        self._headers: Any = None
+        self._subject = subject
+
+    def __repr__(self) -> str:
+        return (
+            f"CapturedMessage(id={self.id!r}, mail_from={self.mail_from!r}, "
+            f"rcpt_tos={self.rcpt_tos!r}, size={self.size})"
+        )
+
+    @property
+    def raw(self) -> bytes:
+        """The bytes as the client sent them (after dot-unstuffing)."""
+        if self._raw is not None:
+            return self._raw
+        if self._path is None:
+            return b""
+        return self._path.read_bytes()
 
     @property
     def size(self) -> int:
-        return len(self.raw)
+        return self._size
+
+    @property
+    def footprint(self) -> int:
+        """Roughly what this message costs in memory: its bytes, if held, and its envelope."""
+        held = self._size if self._raw is not None else 0
+        return held + 512 + sum(len(r) for r in self.rcpt_tos)
+
+    def release(self, path: Path) -> None:
+        """Keep the bytes only on disk, at ``path``, from now on."""
+        if self._subject is None:
+            self._subject = self.subject or ""
+        self._path = path
+        self._raw = None
+        self._headers = None
 
     @property
     def subject(self) -> str | None:
         """The Subject header, decoded; only the headers are parsed for it."""
+        if self._subject is not None:
+            return self._subject or None
         if self._headers is None:
             self._headers = BytesHeaderParser(policy=email.policy.default).parsebytes(self.raw)
         value = self._headers.get("subject")
@@ -167,12 +252,14 @@ class CapturedMessage:
 
     @property
     def message(self) -> EmailMessage:
-        """The whole message as an ``email.message.EmailMessage``, parsed on first use."""
-        if self._message is None:
-            self._message = email.message_from_bytes(  # type: ignore[assignment]
-                self.raw, policy=email.policy.default
-            )
-        return self._message  # type: ignore[return-value]
+        """The whole message as an ``email.message.EmailMessage``, parsed anew on each use.
+
+        Not kept: a parsed message costs several times its bytes, which the store's memory
+        limit would not see.
+        """
+        return email.message_from_bytes(  # type: ignore[return-value]
+            self.raw, policy=email.policy.default
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,17 +275,65 @@ class CapturedMessage:
         }
 
 
+def exchange_cost(exchange: Exchange) -> int:
+    """Roughly what one exchange costs in memory (the object and its strings)."""
+    return (
+        200
+        + len(exchange.command or "")
+        + len(exchange.reply or "")
+        + len(exchange.rule or "")
+        + len(exchange.note or "")
+    )
+
+
+def give_back_memory() -> None:
+    """Ask glibc to return freed heap pages to the system (no-op elsewhere).
+
+    Freed messages below malloc's mmap threshold go back to its free lists, not to the
+    system, so RSS would stay at its peak after DELETE or reset without this.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 Observer = Callable[[str, Any], None]
 
-MAX_EXCHANGES_PER_SESSION = 10_000
+MAX_MESSAGES = 10_000
+MAX_SESSIONS = 10_000
+MAX_MEMORY = 256 * 1024 * 1024
+TRANSCRIPT_LIMIT = 64 * 1024  # bytes of transcript kept per session: its start and its end
 
 
 class MemoryStore:
-    """Messages and sessions in memory, bounded: past the limit the oldest are dropped."""
+    """Messages and sessions in memory, bounded by count and by bytes: past either limit the
+    oldest are dropped (and counted), so a server left running for days stays the same size.
+    """
 
-    def __init__(self, max_messages: int = 10_000, max_sessions: int = 10_000) -> None:
+    def __init__(
+        self,
+        max_messages: int = MAX_MESSAGES,
+        max_sessions: int = MAX_SESSIONS,
+        max_memory: int = MAX_MEMORY,
+        transcript_limit: int = TRANSCRIPT_LIMIT,
+    ) -> None:
         self.max_messages = max_messages
         self.max_sessions = max_sessions
+        self.max_memory = max_memory
+        self.transcript_limit = transcript_limit
+        self.dropped_messages = 0
+        self.dropped_sessions = 0
+        self._bytes = 0  # footprints of the messages and ended sessions kept
         self._messages: OrderedDict[str, CapturedMessage] = OrderedDict()
         self._sessions: OrderedDict[str, SessionRecord] = OrderedDict()
         self._lock = threading.Lock()
@@ -219,21 +354,40 @@ class MemoryStore:
     def open_session(self, record: SessionRecord) -> None:
         with self._lock:
             self._sessions[record.id] = record
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            self._evict()
         self.publish("session", record)
 
     def record(self, session: SessionRecord, exchange: Exchange) -> None:
-        # A client looping NOOP for hours must not grow memory without end: past the limit,
-        # exchanges are counted, not kept (observers such as the console still see them).
-        if len(session.exchanges) < MAX_EXCHANGES_PER_SESSION:
-            session.exchanges.append(exchange)
-        else:
-            session.exchanges_dropped += 1
+        # A client looping NOOP for hours must not grow memory without end: past the byte
+        # limit the middle of the transcript goes, its start and its latest exchanges stay
+        # (observers such as the console still see every exchange).
+        cost = exchange_cost(exchange)
+        limit = self.transcript_limit
+        if session.kept_bytes + cost > limit:
+            exchanges = session.exchanges
+            if session.cut_at is None:
+                head, used = 0, 0
+                while head < len(exchanges) and used + exchange_cost(exchanges[head]) <= limit // 2:
+                    used += exchange_cost(exchanges[head])
+                    head += 1
+                session.cut_at = max(head, 1)
+            while session.kept_bytes + cost > limit and len(exchanges) > session.cut_at:
+                gone = exchanges.pop(session.cut_at)
+                gone_cost = exchange_cost(gone)
+                session.kept_bytes -= gone_cost
+                session.bytes_dropped += gone_cost
+                session.exchanges_dropped += 1
+        session.exchanges.append(exchange)
+        session.kept_bytes += cost
         if self._observers:
             self.publish("exchange", (session, exchange))
 
     def close_session(self, record: SessionRecord) -> None:
+        # Ended, its transcript no longer grows: from now on it counts against the byte limit.
+        with self._lock:
+            if record.id in self._sessions:
+                self._bytes += record.kept_bytes
+                self._evict()
         self.publish("ended", record)
 
     async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
@@ -243,11 +397,57 @@ class MemoryStore:
     def _remember(self, message: CapturedMessage, session: SessionRecord) -> None:
         with self._changed:
             self._messages[message.id] = message
+            self._bytes += message.footprint
             session.message_ids.append(message.id)
-            while len(self._messages) > self.max_messages:
-                self._messages.popitem(last=False)
+            self._evict()
             self._changed.notify_all()
         self.publish("message", message)
+
+    def _evict(self) -> None:
+        """Drop the oldest messages and ended sessions while over a limit (lock held)."""
+        while len(self._messages) > self.max_messages:
+            self._drop_message()
+        while len(self._sessions) > self.max_sessions:
+            self._drop_session()
+        while self._bytes > self.max_memory and (self._messages or self._sessions):
+            oldest_message = next(iter(self._messages.values()), None)
+            oldest_session = next(iter(self._sessions.values()), None)
+            if oldest_session is None or (
+                oldest_message is not None
+                and oldest_message.received_at <= oldest_session.started_at
+            ):
+                self._drop_message()
+            else:
+                self._drop_session()
+
+    def _drop_message(self) -> None:
+        _, message = self._messages.popitem(last=False)
+        self._bytes -= message.footprint
+        self.dropped_messages += 1
+        self.forget_message(message)
+
+    def _drop_session(self) -> None:
+        _, record = self._sessions.popitem(last=False)
+        if record.ended_at is not None or record.end is not None:
+            self._bytes -= record.kept_bytes  # a live one was not counted yet
+        self.dropped_sessions += 1
+
+    def forget_message(self, message: CapturedMessage) -> None:
+        """A message left the store (dropped past a limit); a DirStore deletes its files."""
+
+    def usage(self) -> dict[str, Any]:
+        """What is kept and what was dropped, against the limits: for the API's health."""
+        with self._lock:
+            return {
+                "messages": len(self._messages),
+                "sessions": len(self._sessions),
+                "bytes": self._bytes,
+                "max_messages": self.max_messages,
+                "max_sessions": self.max_sessions,
+                "max_memory": self.max_memory,
+                "dropped_messages": self.dropped_messages,
+                "dropped_sessions": self.dropped_sessions,
+            }
 
     # -- reading (any thread)
     def messages(self) -> list[CapturedMessage]:
@@ -270,14 +470,27 @@ class MemoryStore:
     def clear(self, messages: bool = True, sessions: bool = True) -> None:
         with self._lock:
             if messages:
+                for message in self._messages.values():
+                    self._bytes -= message.footprint
                 self._messages.clear()
             if sessions:
+                for record in self._sessions.values():
+                    if record.ended_at is not None or record.end is not None:
+                        self._bytes -= record.kept_bytes
                 self._sessions.clear()
+        give_back_memory()
 
     def delete_messages(self, ids: list[str]) -> list[str]:
         """Forget these messages (unknown ids are skipped); returns the ids that were deleted."""
+        deleted = []
         with self._lock:
-            return [i for i in dict.fromkeys(ids) if self._messages.pop(i, None) is not None]
+            for message_id in dict.fromkeys(ids):
+                message = self._messages.pop(message_id, None)
+                if message is not None:
+                    self._bytes -= message.footprint
+                    deleted.append(message_id)
+        give_back_memory()
+        return deleted
 
     def wait_for(self, count: int, timeout: float) -> list[CapturedMessage]:
         """Block this thread until ``count`` messages are stored, or raise TimeoutError."""
@@ -339,20 +552,63 @@ class MemoryStore:
             return len(self._messages)
 
 
+class StoreError(OSError):
+    """The ``--store`` directory cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """``--store-keep``: how much a store directory keeps; the oldest beyond it are deleted."""
+
+    count: int | None = None
+    size: int | None = None  # bytes of messages on disk
+    age: float | None = None  # seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Retention:
+        """``5000`` (messages), ``2GiB`` (bytes on disk) or ``7d`` / ``12h`` / ``30m`` (age)."""
+        from .patterns import PatternError, parse_duration, parse_size
+
+        text = text.strip()
+        if text.isdigit():
+            count = int(text)
+            if count < 1:
+                raise ValueError("keep at least 1 message")
+            return cls(count=count)
+        if text[-1:] in ("d", "w"):
+            number = text[:-1]
+            try:
+                days = float(number) * (7 if text[-1] == "w" else 1)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a number of days") from None
+            return cls(age=days * 86400)
+        with contextlib.suppress(PatternError):
+            return (
+                cls(age=parse_duration(text)) if text[-1] in "smh" else cls(size=parse_size(text))
+            )
+        raise ValueError(f"{text!r} is not a count (5000), a size (2GiB) or an age (7d, 12h, 30m)")
+
+
 def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write to a temporary name, fsync, rename: the file is whole or absent after a crash.
 
     Without ``sync`` the file is still whole or absent after ``kill -9`` (the kernel keeps
-    what the process wrote), only not after a power cut.
+    what the process wrote), only not after a power cut. Files are the owner's alone (0600):
+    captured mail is nobody else's business on a shared machine.
     """
     # A name of its own per write: two writes of one file never share a temporary.
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -363,58 +619,107 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (0700) or make an existing one ours alone."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours to change: it still works
+        path.chmod(0o700)
+
+
 class DirStore(MemoryStore):
-    """A MemoryStore that also keeps everything in a directory, safe across ``kill -9``.
+    """A MemoryStore that keeps everything in a directory too, safe across ``kill -9``.
 
     Layout: ``messages/<id>.eml`` (the raw bytes) beside ``messages/<id>.json`` (envelope),
     ``sessions/<id>.json`` (transcripts). A message is on disk, fsynced, before its 250.
+    Memory holds only the envelopes (an index); the bytes are read from disk when asked for.
+    ``keep`` bounds the directory: the oldest messages beyond it are deleted.
     """
 
-    def __init__(self, directory: str | Path, **limits: int) -> None:
+    def __init__(self, directory: str | Path, keep: Retention | None = None, **limits: Any) -> None:
         super().__init__(**limits)
+        self.keep = keep or Retention(count=self.max_messages)
+        if self.keep.count is not None:
+            self.max_messages = self.keep.count
         self.directory = Path(directory)
         self._message_dir = self.directory / "messages"
         self._session_dir = self.directory / "sessions"
-        self._message_dir.mkdir(parents=True, exist_ok=True)
-        self._session_dir.mkdir(parents=True, exist_ok=True)
+        self._disk_bytes = 0
+        try:
+            _private_dir(self.directory)
+            _private_dir(self._message_dir)
+            _private_dir(self._session_dir)
+            probe = self.directory / f".probe-{uuid.uuid4().hex[:8]}"
+            _write_durably(probe, b"", sync=False)
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(
+                f"cannot write to the store directory {self.directory}: {error.strerror or error}"
+            ) from None
         self._load()
 
+    # -- start-up: index, do not load
     def _load(self) -> None:
         for directory in (self._message_dir, self._session_dir):
             for leftover in directory.glob(".*.tmp"):  # a write cut short: never acknowledged
                 leftover.unlink(missing_ok=True)
-        loaded = []
+        index = []
         for meta_path in self._message_dir.glob("*.json"):
-            eml_path = meta_path.with_suffix(".eml")
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                raw = eml_path.read_bytes()
-            except (OSError, ValueError):
-                continue  # a write cut short by a crash: it was never acknowledged
-            loaded.append(
-                CapturedMessage(
-                    id=meta["id"],
-                    session_id=meta["session_id"],
-                    mail_from=meta["from"],
-                    rcpt_tos=meta["to"],
-                    raw=raw,
-                    received_at=meta["received_at"],
-                    mail_options=meta.get("mail_options", []),
-                    rcpt_options=meta.get("rcpt_options", {}),
+                index.append(
+                    CapturedMessage(
+                        id=str(meta["id"]),
+                        session_id=str(meta["session_id"]),
+                        mail_from=str(meta["from"]),
+                        rcpt_tos=[str(to) for to in meta["to"]],
+                        received_at=float(meta["received_at"]),
+                        mail_options=list(meta.get("mail_options", [])),
+                        rcpt_options=dict(meta.get("rcpt_options", {})),
+                        path=meta_path.with_suffix(".eml"),
+                        size=int(meta["size"]),
+                        subject=meta.get("subject") or "",
+                    )
                 )
-            )
-        # The disk keeps everything; memory keeps the newest, as while serving.
-        for message in sorted(loaded, key=lambda m: m.received_at)[-self.max_messages :]:
-            self._messages[message.id] = message
-        sessions = []
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                # One bad file (edited by hand, another tool's) must not stop the server.
+                log.warning("store: skipping %s: %s", meta_path.name, error)
+        with self._lock:
+            for message in sorted(index, key=lambda m: m.received_at):
+                self._messages[message.id] = message
+                self._bytes += message.footprint
+                self._disk_bytes += message.size
+            self._evict()
+        self._load_sessions()
+
+    def _load_sessions(self) -> None:
+        # Newest first, by the files' times, so only those kept are read at all.
+        paths = []
         for path in self._session_dir.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                sessions.append(SessionRecord.from_json(json.loads(path.read_text("utf-8"))))
-        for record in sorted(sessions, key=lambda s: s.started_at)[-self.max_sessions :]:
+            with contextlib.suppress(OSError):
+                paths.append((path.stat().st_mtime, path))
+        paths.sort(reverse=True)
+        budget = self.max_memory // 4  # transcripts may take a quarter of the memory limit
+        loaded: list[SessionRecord] = []
+        for _, path in paths:
+            if len(loaded) >= self.max_sessions or budget <= 0:
+                path.unlink(missing_ok=True)  # beyond what the store keeps
+                continue
+            try:
+                record = SessionRecord.from_json(json.loads(path.read_text("utf-8")))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                log.warning("store: skipping %s: %s", path.name, error)
+                continue
             if record.end is None:  # it was live when the previous server died
                 record.end = "server stopped without closing it (crash or kill)"
-            self._sessions[record.id] = record
+            budget -= record.kept_bytes
+            loaded.append(record)
+        with self._lock:
+            for record in sorted(loaded, key=lambda r: r.started_at):
+                self._sessions[record.id] = record
+                self._bytes += record.kept_bytes
+            self._evict()
 
+    # -- writing
     async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
         # The transcript as it stands, naming the message: on disk with it, before the 250.
         transcript = session.to_json()
@@ -423,18 +728,31 @@ class DirStore(MemoryStore):
         # Awaited, so one session's writes never overtake each other.
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._write_message, message, transcript)
+        message.release(self._message_dir / f"{message.id}.eml")
+        self._disk_bytes += message.size
         self._remember(message, session)
 
     def _write_message(self, message: CapturedMessage, transcript: dict[str, Any]) -> None:
-        # The .eml first: a .json is only ever beside a complete .eml.
-        _write_durably(self._message_dir / f"{message.id}.eml", message.raw)
-        meta = message.to_json()
-        _write_durably(self._message_dir / f"{message.id}.json", json.dumps(meta).encode())
-        _fsync_dir(self._message_dir)
-        # The 250 promises the message, not the transcript: no fsync, so one message costs
-        # three, yet the transcript survives kill -9 (it only waits on a power cut).
+        eml = self._message_dir / f"{message.id}.eml"
+        meta = self._message_dir / f"{message.id}.json"
+        try:
+            # The .eml first: a .json is only ever beside a complete .eml.
+            _write_durably(eml, message.raw)
+            _write_durably(meta, json.dumps(message.to_json()).encode())
+            _fsync_dir(self._message_dir)
+        except BaseException:
+            # The client gets 451: then nothing may be left to reappear after a restart.
+            meta.unlink(missing_ok=True)
+            eml.unlink(missing_ok=True)
+            raise
+        # The message is durable: from here on the answer is 250, whatever happens next. The
+        # transcript is a record of the session, not of the message: a failure is logged.
+        # No fsync, so one message costs three, yet it survives kill -9 (not a power cut).
         path = self._session_dir / f"{transcript['id']}.json"
-        _write_durably(path, json.dumps(transcript).encode(), sync=False)
+        try:
+            _write_durably(path, json.dumps(transcript).encode(), sync=False)
+        except OSError as error:
+            log.warning("store: transcript %s not written: %s", transcript["id"], error)
 
     def close_session(self, record: SessionRecord) -> None:
         super().close_session(record)
@@ -442,19 +760,55 @@ class DirStore(MemoryStore):
         data = json.dumps(record.to_json()).encode()
         path = self._session_dir / f"{record.id}.json"
         try:
-            asyncio.get_running_loop().run_in_executor(None, _write_durably, path, data)
+            asyncio.get_running_loop().run_in_executor(None, _write_quietly, path, data)
         except RuntimeError:  # no running loop: write now
-            _write_durably(path, data)
+            _write_quietly(path, data)
+
+    # -- retention
+    def _evict(self) -> None:
+        super()._evict()
+        keep = self.keep
+        if keep.size is not None:
+            while self._messages and self._disk_bytes > keep.size:
+                self._drop_message()
+        if keep.age is not None:
+            oldest = time.time() - keep.age
+            while self._messages and next(iter(self._messages.values())).received_at < oldest:
+                self._drop_message()
+            while self._sessions and next(iter(self._sessions.values())).started_at < oldest:
+                self._drop_session()
+
+    def forget_message(self, message: CapturedMessage) -> None:
+        self._disk_bytes -= message.size
+        self._unlink_message(message.id)
+
+    def _drop_session(self) -> None:
+        record = next(iter(self._sessions.values()))
+        super()._drop_session()
+        (self._session_dir / f"{record.id}.json").unlink(missing_ok=True)
+
+    def _unlink_message(self, message_id: str) -> None:
+        for suffix in (".json", ".eml"):  # the .json first: it is only ever beside an .eml
+            (self._message_dir / f"{message_id}{suffix}").unlink(missing_ok=True)
+
+    def usage(self) -> dict[str, Any]:
+        usage = super().usage()
+        usage["disk_bytes"] = self._disk_bytes
+        return usage
 
     def delete_messages(self, ids: list[str]) -> list[str]:
+        with self._lock:
+            sizes = {i: self._messages[i].size for i in ids if i in self._messages}
         deleted = super().delete_messages(ids)
         for message_id in deleted:
-            for suffix in (".json", ".eml"):  # the .json first: it is only ever beside an .eml
-                (self._message_dir / f"{message_id}{suffix}").unlink(missing_ok=True)
+            self._disk_bytes -= sizes.get(message_id, 0)
+            self._unlink_message(message_id)
         return deleted
 
     def clear(self, messages: bool = True, sessions: bool = True) -> None:
         super().clear(messages, sessions)
+        if messages:
+            self._disk_bytes = 0
         for wanted, directory in ((messages, self._message_dir), (sessions, self._session_dir)):
             if wanted:
                 for path in directory.iterdir():
@@ -476,3 +830,10 @@ class NoCaptureStore(MemoryStore):
 
     async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
         self.publish("dropped", message)
+
+
+def _write_quietly(path: Path, data: bytes) -> None:
+    try:
+        _write_durably(path, data, sync=False)
+    except OSError as error:
+        log.warning("store: transcript %s not written: %s", path.stem, error)

@@ -772,15 +772,23 @@ def test_swapping_the_scenario_under_load(start: Callable[..., FakeSMTP]) -> Non
     assert seen == {"A", "B"} and swaps > 10
 
 
-def test_transcript_is_bounded(start: Callable[..., FakeSMTP], monkeypatch) -> None:
-    from fakesmtp import store
-
-    monkeypatch.setattr(store, "MAX_EXCHANGES_PER_SESSION", 5)
+def test_transcript_is_cut_by_bytes_keeping_its_start_and_end(
+    start: Callable[..., FakeSMTP],
+) -> None:
     server = start()
+    assert server.store is not None
+    server.store.transcript_limit = 4000  # bytes, roughly: about twenty NOOP exchanges
     client = connect(server)
-    for _ in range(10):
-        assert client.command("NOOP") == "250 2.0.0 Ok"
+    assert client.command("EHLO start.test").startswith("250")
+    for n in range(200):
+        assert client.command(f"NOOP {n}") == "250 2.0.0 Ok"
     record = server.sessions[0]
-    assert len(record.exchanges) == 5
-    assert record.exchanges_dropped == 6  # the banner and 10 NOOPs: 11 exchanges
-    assert record.to_json()["exchange_count"] == 11
+    assert record.kept_bytes <= 4000
+    commands = [e.command for e in record.exchanges]
+    assert commands[0] is None and commands[1].startswith("EHLO start.test")  # the start
+    assert commands[-1] == "NOOP 199"  # and the end
+    data = record.to_json()
+    assert data["exchange_count"] == 202  # the banner, EHLO, 200 NOOPs: all counted
+    cut = data["cut"]
+    assert cut["exchanges"] == 202 - len(record.exchanges) and cut["bytes"] > 0
+    assert commands[cut["after"] - 1] is not None and commands[cut["after"]] != "NOOP 0"

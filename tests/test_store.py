@@ -164,14 +164,17 @@ def test_store_directory_survives_a_restart(tmp_path: Path) -> None:
         assert smtp.messages == [] and smtp.sessions == []
 
 
-def test_store_directory_loads_only_the_newest_past_the_limit(tmp_path: Path) -> None:
+def test_store_directory_keeps_the_newest_within_its_retention(tmp_path: Path) -> None:
     with served(store=tmp_path) as smtp:
         for n in range(4):
             send(smtp, f"Subject: {n}\r\n\r\nx\r\n".encode(), ["bob@example.test"])
         smtp.wait_for_sessions(4)
+    # --store-keep defaults to --max-messages: the two oldest go, from memory and from disk.
     with served(store=tmp_path, max_messages=2) as smtp:
         assert [m.subject for m in smtp.messages] == ["2", "3"]
-    assert len(list((tmp_path / "messages").glob("*.eml"))) == 4  # the disk keeps all
+        assert smtp.messages[0].raw == b"Subject: 2\r\n\r\nx\r\n"  # read from its file
+    assert len(list((tmp_path / "messages").glob("*.eml"))) == 2
+    assert len(list((tmp_path / "messages").glob("*.json"))) == 2
 
 
 # --------------------------------------------------------------------------- kill -9
