@@ -184,6 +184,12 @@ class ServerSettings:
     # Once a command line has begun, it must end within this: the idle timer only restarts on
     # a complete line, and a client trickling bytes should not hold a connection for minutes.
     command_timeout: float = 60.0
+    # A whole DATA phase, and the rate it must keep (Postfix's smtpd_min_data_rate): a client
+    # sending a line every few seconds restarts the idle timer each time, yet loses its slot.
+    # The rate is owed after the first command_timeout of the phase; 0 asks for no rate.
+    data_timeout: float = 600.0
+    min_data_rate: int = 500  # bytes a second
+    auth_timeout: float = 60.0  # a whole AUTH exchange, its 334 challenges included
     max_connections: int = 1000
     max_errors: int = 20  # protocol errors in one session before 421 and close
 
@@ -316,6 +322,9 @@ _SERVER_KEYS = (
     "max_line_length",
     "idle_timeout",
     "command_timeout",
+    "data_timeout",
+    "min_data_rate",
+    "auth_timeout",
     "max_connections",
     "max_errors",
 )
@@ -410,7 +419,7 @@ class _Builder:
                 value = r.scalar(value_node, where, (str,), "a host name")
                 if value is not None:
                     settings[key] = value
-            elif key in ("size_limit", "max_line_length"):
+            elif key in ("size_limit", "max_line_length", "min_data_rate"):
                 value = r.scalar(value_node, where, (str, int), "a size like 10MiB")
                 if value is not None:
                     try:
@@ -423,7 +432,7 @@ class _Builder:
                     if value < 1:
                         r.problem(value_node, where, "must be 1 or more")
                     settings[key] = value
-            elif key in ("idle_timeout", "command_timeout"):
+            elif key in ("idle_timeout", "command_timeout", "data_timeout", "auth_timeout"):
                 value = r.scalar(value_node, where, (str, int, float), "a duration like 30s")
                 if value is not None:
                     try:

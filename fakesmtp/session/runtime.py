@@ -145,4 +145,11 @@ class Runtime:
         deadline = time.monotonic() + grace
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        # Grace is over. Those still mid-command (a slow DATA) hear 421 4.3.2 too, rather
+        # than a silent cut they would retry as a network error.
+        for session in list(self.active):
+            if not session.hanging and not session.closing and session.wire.open:
+                session.say_goodbye()
+        if self.active:
+            await asyncio.sleep(0.05)  # for the 421 to leave
         self.cut_all("server shutting down")

@@ -568,6 +568,9 @@ class ScenarioSMTP:
             shown_now, command[0] = command[0], None
             return await self._challenge(shown_now, text)
 
+        # The whole exchange has a deadline: each 334 answered a little before the idle timer
+        # runs out would otherwise hold the connection for ever.
+        self.wire.limit(self.wire.loop.time() + settings.auth_timeout, "AUTH deadline")
         try:
             outcome = await authenticate(
                 mechanism,
@@ -579,6 +582,8 @@ class ScenarioSMTP:
         except Undecodable:
             await self.refuse(Stage.AUTH, command[0], 501, "5.5.2", "Cannot decode response")
             return
+        finally:
+            self.wire.unlimit()
         if outcome is None:  # aborted or undecodable: already answered
             raise _Refused
         username, valid = outcome
@@ -798,9 +803,12 @@ class ScenarioSMTP:
     async def _read_message(self) -> tuple[bytes, bool]:
         """Read up to the lone dot, undoing dot-stuffing; past the size limit, read and discard."""
         try:
-            return await self.wire.read_message(self.profile.settings.size_limit)
+            settings = self.profile.settings
+            # (whole phase, allowance, bytes a second): a trickling client loses its slot.
+            pace = (settings.data_timeout, settings.command_timeout, settings.min_data_rate)
+            return await self.wire.read_message(settings.size_limit, pace)
         except Closed:
-            self.end_reason = "client vanished during DATA"
+            self.end_reason = self.end_reason or "client vanished during DATA"
             raise SessionOver from None
 
     def _new_transaction(self) -> None:

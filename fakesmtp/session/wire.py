@@ -68,6 +68,8 @@ class Wire(asyncio.Protocol):
         self._closed_waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._deadline = float("inf")
+        self._limit = float("inf")  # see limit(): a deadline activity cannot push back
+        self._limit_reason = IDLE
         self._reason = IDLE
         self._timer: asyncio.TimerHandle | None = None
         self.peer: tuple[str, int] = ("", 0)
@@ -139,13 +141,30 @@ class Wire(asyncio.Protocol):
     # ------------------------------------------------------------------ the timer
 
     def touch(self) -> None:
-        """The client did something: the idle timer starts over (cheap: one float)."""
+        """The client did something: the idle timer starts over (cheap: one float).
+
+        Never past a limit set with ``limit()``: a phase's deadline holds however busy the
+        client looks.
+        """
         if self._lost:
             return
         self._deadline = self.loop.time() + self.idle
         self._reason = IDLE
+        if self._limit < self._deadline:
+            self._deadline, self._reason = self._limit, self._limit_reason
         if self._timer is None:
             self._timer = self.loop.call_at(self._deadline, self._expired)
+
+    def limit(self, until: float, reason: str) -> None:
+        """Time out at ``until`` (loop time) at the latest, saying ``reason``, activity or not;
+        a later call may move it (a minimum data rate earns time as bytes arrive)."""
+        self._limit, self._limit_reason = until, reason
+        if until < self._deadline:
+            self.expire_in(until - self.loop.time(), reason)
+
+    def unlimit(self) -> None:
+        """The phase is over: back to the idle timer alone."""
+        self._limit = float("inf")
 
     def expire_in(self, seconds: float, reason: str) -> None:
         """Time out within ``seconds`` (if sooner than now planned), saying ``reason``."""
@@ -217,7 +236,9 @@ class Wire(asyncio.Protocol):
             self._consume(len(buffer))
             await self._more()
 
-    async def read_message(self, limit: int | None) -> tuple[bytes, bool]:
+    async def read_message(
+        self, limit: int | None, pace: tuple[float, float, float] | None = None
+    ) -> tuple[bytes, bool]:
         """A DATA body up to the lone dot, dot-stuffing undone: (bytes, over ``limit``).
 
         Past the limit the rest is read and dropped, so the client hears the 552 at the end
@@ -226,14 +247,26 @@ class Wire(asyncio.Protocol):
         """
         data = bytearray()
         state = BodyReader(limit)
+        started, received = self.loop.time(), 0
         while True:
             if self._buffer:
                 done = state.take(self._buffer, data, self.line_limit)
                 self._consume(state.used)
+                received += state.used
+                if pace is not None:
+                    # The whole phase has a deadline; within it, time is earned at the
+                    # minimum rate, after an allowance for the first lines.
+                    whole, allowance, rate = pace
+                    earned = allowance + received / rate if rate else whole
+                    self.limit(started + min(whole, earned), "DATA too slow or too long")
                 if state.used:
                     self.touch()
                 if done:
+                    self.unlimit()
                     return bytes(data), state.too_big
+            elif pace is not None and received == 0:
+                whole, allowance, rate = pace
+                self.limit(started + min(whole, allowance if rate else whole), "DATA deadline")
             await self._more()
 
     async def read_exactly(self, size: int) -> bytes:
