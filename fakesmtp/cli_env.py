@@ -99,6 +99,14 @@ class EnvGroup(click.Group):
     command_class = EnvCommand
     group_class = type  # subgroups made with @group.group() are EnvGroups too
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        # A command made elsewhere with plain @click.command() gets the same treatment.
+        if type(cmd) is click.Command:
+            cmd.__class__ = EnvCommand
+        elif type(cmd) is click.Group:
+            cmd.__class__ = EnvGroup
+        super().add_command(cmd, name)
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         _name_variables_by_flag(ctx, self)
         try:

@@ -392,3 +392,17 @@ def test_rules_from_python_get_the_same_suggestions() -> None:
         smtp.on("rcpt", recipient="bob@x.test").reply(550)
     with pytest.raises(ScenarioError, match=r"unknown per 'recipent'; did you mean 'recipient'\?"):
         smtp.on("rcpt", per="recipent").reply(550)
+
+
+def test_every_command_names_variables_in_its_errors() -> None:
+    from fakesmtp.cli_env import EnvCommand, EnvGroup
+
+    plain = [" ".join(p) for p, c in _commands(main) if not isinstance(c, EnvCommand | EnvGroup)]
+    assert plain == []
+    result = run("messages", "list", "--api", "http://127.0.0.1:1", env={
+        "FAKESMTP_MESSAGES_LIST_LIMIT": "many"
+    })  # fmt: skip
+    assert result.stderr.splitlines()[-1] == (
+        "Error: Invalid value for FAKESMTP_MESSAGES_LIST_LIMIT (--limit): "
+        "'many' is not a valid integer range."
+    )
