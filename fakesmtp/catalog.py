@@ -119,6 +119,7 @@ class ReplySign:
     statuses: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()  # (low, high) ranges
     reply_class: str | None = None  # "4" or "5": only replies of that class
     text: re.Pattern[str] | None = None
+    fr: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # summary, meaning, advice
 
     def holds_for_status(self, status_text: str | None) -> bool:
         if not self.statuses:
@@ -156,6 +157,7 @@ def _reply_sign(raw: Mapping[str, Any]) -> ReplySign:
         statuses=tuple(ranges),
         reply_class=str(raw["class"]) if raw.get("class") is not None else None,
         text=re.compile(text, re.IGNORECASE) if text else None,
+        fr=_frozen(raw.get("fr")),
     )
 
 
@@ -178,6 +180,7 @@ class Reading:
     vendor: str = ""
     kind: str = ""
     status_meaning: str = ""  # the registry's words for the status, when there is one
+    sign: str = ""  # the id of the reading (catalog.yaml `readings:`) it came from, if any
 
 
 # --------------------------------------------------------------------------- loading
@@ -475,6 +478,7 @@ def read_reply(code: int | None, status_text: str | None = None, text: str = "")
             vendor=sign.vendor,
             kind=kind,
             status_meaning=status_meaning,
+            sign=sign.id,
         )
 
     def from_status(entry: StatusEntry) -> Reading:
@@ -781,11 +785,14 @@ def _explain_reading(query: _Query, lang: str) -> list[str]:
     else:
         basis = labels["basis_text"]
     kind = _KIND_NAMES[lang].get(reading.kind, reading.kind)
+    sign = next((r for r in _catalog().readings if r.id == reading.sign), None)
+    words = dict(sign.fr) if lang == "fr" and sign is not None else {}
+    summary = words.get("summary") or reading.summary
     return [
-        f"{reading.summary} ({kind})" if kind else reading.summary,
+        f"{summary} ({kind})" if kind else summary,
         _field(labels["read_from"], basis),
-        _field(labels["meaning"], reading.meaning),
-        _field(labels["advice"], reading.advice),
+        _field(labels["meaning"], words.get("meaning") or reading.meaning),
+        _field(labels["advice"], words.get("advice") or reading.advice),
         _field(labels["source"], reading.source),
         "",
     ]

@@ -202,3 +202,13 @@ def test_a_pasted_dmarc_refusal_never_shows_550s_advice_about_5_1_1() -> None:
     assert "  What to do:   Set up SPF and DKIM for your sending domain" in out
     # A bare code keeps its own generic advice: nothing more precise was said.
     assert "For 5.1.1, remove or correct the" in catalog.explain("550")
+
+
+def test_readings_speak_french_too() -> None:
+    out = catalog.explain("451 4.7.1 Greylisted, try again later", lang="fr")
+    assert out.splitlines()[2:4] == [
+        "Liste grise : la première tentative est différée exprès (échec temporaire)",
+        "  Lu dans:      le texte de la réponse",
+    ]
+    for sign in catalog._catalog().readings:
+        assert set(sign.fr) == {"summary", "meaning", "advice"}, sign.id
