@@ -547,7 +547,12 @@ class _Builder:
     def rules(self, node: yaml.Node) -> tuple[Rule, ...]:
         r = self.read
         if not isinstance(node, yaml.SequenceNode):
-            r.problem(node, "rules", f"must be a list of rules, not {_kind(node)}")
+            hint = (
+                '; start each rule with "- " (- on: rcpt)'
+                if isinstance(node, yaml.MappingNode)
+                else ""
+            )
+            r.problem(node, "rules", f"must be a list of rules, not {_kind(node)}{hint}")
             return ()
         rules = []
         for index, item in enumerate(node.value):

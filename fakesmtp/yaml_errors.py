@@ -16,6 +16,8 @@ import yaml
 # The key a value belongs to, at the end of the text before it: "    reply: ", "- to: ", "{to: ".
 _KEY_BEFORE = re.compile(r"(?:^|[\s{,-])(?P<key>[A-Za-z_][\w.-]*)\s*:\s*$")
 _KEY_AND_VALUE = re.compile(r"^(?P<indent>\s*(?:-\s+)?)(?P<key>[A-Za-z_][\w.-]*):\s+(?P<value>.*)$")
+# "- on:rcpt": a key glued to its value, which YAML reads as one plain word.
+_GLUED_KEY = re.compile(r"^(?P<indent>\s*(?:-\s+)?)(?P<key>[A-Za-z_][\w.-]*):(?P<value>[^\s/].*)$")
 _CANNOT_START = re.compile(r"found character '(?P<char>.+)' that cannot start any token")
 _OPENERS = {"{": "}", "[": "]"}
 
@@ -98,6 +100,8 @@ def _unclosed(text: str, upto_line: int) -> tuple[int, int, str] | None:
             elif char in _OPENERS:
                 stack.append((number, column, char))
             elif char in "}]" and stack:
+                if _OPENERS[stack[-1][2]] != char:
+                    return stack[-1]  # {to: [a, b}: the [ is the one left open
                 stack.pop()
     return stack[-1] if stack else None
 
@@ -133,10 +137,25 @@ def explain(error: yaml.YAMLError, text: str) -> YamlMistake:
         )
     if problem.startswith("found undefined alias"):
         return at(_quote_hint(line_text, mark.column, "*"))
+    in_value = _colon_hint(line_text, mark.column)
+    if problem == "mapping values are not allowed here" and in_value is None and mark.line > 0:
+        glued = _GLUED_KEY.match(_line(text, mark.line - 1))
+        if glued:  # "- on:rcpt" is one word to YAML, so the next line's key makes no sense
+            key, value = glued["key"], glued["value"]
+            return YamlMistake(
+                mark.line,
+                len(glued["indent"]) + len(key),
+                problem,
+                f"put a space after the colon: {key}: {value}",
+            )
+    if problem == "could not find expected ':'" and context_mark is not None:
+        bare = _line(text, context_mark.line)[context_mark.column :].strip()
+        key, _, value = bare.partition(" ")
+        if key and value and re.fullmatch(r"[A-Za-z_][\w.-]*", key):
+            return at(f"a key needs a colon after it: {key}: {value}", context_mark)
     if problem == "mapping values are not allowed here":
         return at(
-            _colon_hint(line_text, mark.column)
-            or "check the indentation: the keys of one mapping start in the same column"
+            in_value or "check the indentation: the keys of one mapping start in the same column"
         )
     if context == "while scanning a quoted scalar" and context_mark is not None:
         quote = _line(text, context_mark.line)[context_mark.column : context_mark.column + 1]

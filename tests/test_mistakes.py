@@ -229,3 +229,42 @@ def test_did_you_mean_and_plural_wording() -> None:
     assert did_you_mean("tiems", ["times", "after"]) == "did you mean 'times'?"
     assert did_you_mean("zzz", ["times"]) == ""
     assert [plural(n, "rule") for n in (0, 1, 2)] == ["0 rules", "1 rule", "2 rules"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "rules:\n  - on:rcpt\n    reply: 550\n",
+            "s.yaml:2: yaml: not valid YAML: mapping values are not allowed here\n"
+            "      - on:rcpt\n"
+            "          ^\n"
+            "  put a space after the colon: on: rcpt",
+            id="no-space-after-colon",
+        ),
+        pytest.param(
+            "rules:\n  - on: rcpt\n    reply 550\n    action: close\n",
+            "s.yaml:3: yaml: not valid YAML: could not find expected ':'\n"
+            "        reply 550\n"
+            "        ^\n"
+            "  a key needs a colon after it: reply: 550",
+            id="no-colon",
+        ),
+        pytest.param(
+            "rules:\n- on: rcpt\n  match: {to: [a@b, c@d}\n  reply: 550\n",
+            "s.yaml:3: yaml: not valid YAML: expected ',' or ']', but got '}'\n"
+            "      match: {to: [a@b, c@d}\n"
+            "                  ^\n"
+            "  this [ is never closed: add ] where the list ends",
+            id="bracket-closed-by-brace",
+        ),
+        pytest.param(
+            "rules:\n  on: rcpt\n  reply: 550\n",
+            's.yaml:2: rules: must be a list of rules, not a mapping; start each rule with "- " '
+            "(- on: rcpt)",
+            id="rule-without-dash",
+        ),
+    ],
+)
+def test_more_slips_say_what_to_write(text: str, expected: str) -> None:
+    assert error_of(text) == expected
