@@ -71,6 +71,7 @@ PROSE_READERS: tuple[Reader, ...] = (
     opensmtpd.read,
     amazonses.read,
     generic.read,
+    generic.read_embedded,
 )
 
 

@@ -99,6 +99,40 @@ def _stage(text: str, marker_at: int, raw: str) -> tuple[str | None, list[str], 
     return None, [], raw
 
 
+# A refusal after a colon anywhere in the prose ("The reason of the failure: 550 5.1.1 ..."):
+# the words before it vary too much between MTAs to list them all.
+_EMBEDDED = re.compile(r"(?<=:)[ \t]*\n?[ \t]*(?=[45][0-5]\d[ -])")
+
+
+def read_embedded(text: str, hints: Hints) -> list[Finding]:
+    """The last resort in a bounce's prose: a 4xx or 5xx reply written after a colon."""
+    findings: list[Finding] = []
+    pos = 0
+    while m := _EMBEDDED.search(text, pos):
+        raw, end = reply_block(text, m.end(), wrapped=True)
+        pos = max(end, m.end() + 1)
+        stage, notes, raw = _stage(text, m.start(), raw)
+        reply = parse_reply(raw)
+        if reply is None:
+            continue
+        if looks_local(raw):
+            hints.no_reply.append(squash(raw))
+            continue
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        findings.append(
+            reply.finding(
+                recipient=recipient_in(reply) or recipient_before(text, m.start()),
+                stage=stage,
+                remote_mta=host_before(text, m.start()),
+                origin=f'bounce text ("{squash(text[line_start : m.start()], 60)}")',
+                notes=tuple(notes),
+                family=FAMILY,
+                evidence=squash(text[line_start:end]),
+            )
+        )
+    return findings
+
+
 # A line that starts with a 4xx or 5xx code, possibly quoted ("> ") in an email reply.
 _PASTED_START = re.compile(r"^[ \t>]*(?=[45][0-5]\d[ -])", re.MULTILINE)
 

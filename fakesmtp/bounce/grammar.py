@@ -197,6 +197,8 @@ _LOCAL_WORDS = re.compile(
     r"|connection (?:timed out|refused)|timed out while|no route to host|network is unreachable"
     r"|message expired|unable to deliver in \d+ minutes|dns query failed|no mx record"
     r"|operating system error|retry timeout exceeded|all hosts .{0,80}?have been failing"
+    r"|retry time not reached|all relevant MX records point to non-existent hosts"
+    r"|malformed or unexpected name server reply|unknown mail domain"
     r"|unrouteable address|mail loops back to myself|delivery time expired"
     r"|message timed out|lost connection with|DNS Error:|address resolution of"
     r"|did not accept our requests to connect)",
