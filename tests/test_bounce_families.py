@@ -134,6 +134,22 @@ SAMPLES: dict[str, Sample] = {
         "end_of_data",
         ("Message too large for this mailbox",),
     ),
+    "exim-gmx": Sample(
+        exim.read,
+        "Exim",
+        "A message that you sent could not be delivered to one or more of\n"
+        "its recipients. This is a permanent error. The following address\n"
+        "failed:\n\n"
+        '"zoe@example.test":\n'
+        "SMTP error from remote server after RCPT command:\n"
+        "host: mx.example.test\n"
+        "reason: 550 5.1.1 The mailbox is unknown here\n",
+        "zoe@example.test",
+        550,
+        "5.1.1",
+        "rcpt",
+        ("The mailbox is unknown here",),
+    ),
     "sendmail-pipelined": Sample(
         sendmail.read,
         "Sendmail",
@@ -410,6 +426,19 @@ SAMPLES: dict[str, Sample] = {
         "5.1.1",
         "rcpt",
         ("<yan@example.test>: Recipient address rejected: User unknown in local recipient table",),
+        joined=True,
+    ),
+    "generic-embedded": Sample(
+        generic.read_embedded,
+        "generic",
+        "Your mail could not be delivered to amy@example.test.\n"
+        "The reason of the delivery failure: 554 5.7.1 Mail from your network is refused\n"
+        "    here until its reputation improves\n",
+        "amy@example.test",
+        554,
+        "5.7.1",
+        None,
+        ("Mail from your network is refused here until its reputation improves",),
         joined=True,
     ),
     "generic-smtp-command": Sample(
