@@ -860,6 +860,8 @@ def record(
 
     if append and out is None:
         raise BadInput("--append needs --out FILE: the scenario to add to")
+    if out is not None and not Path(out).resolve().parent.is_dir():
+        raise BadInput(f"--out: {Path(out).parent} is not a directory")
     if (cert is None) != (key is None):
         raise BadInput("--cert and --key go together: give both or neither")
     try:

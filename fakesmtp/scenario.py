@@ -166,6 +166,9 @@ class AuthSettings:
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     required: bool = False
     users: Mapping[str, str] = field(default_factory=dict)
+    # Offered only once STARTTLS is done, as Postfix's smtpd_tls_auth_only does; MAIL stays
+    # open without TLS (tls.required closes it too).
+    tls_only: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +177,10 @@ class ServerSettings:
 
     hostname: str = DEFAULT_HOSTNAME
     size_limit: int = 32 * 1024 * 1024
+    # How the limit is worded (server.size_replies): at MAIL for a declared SIZE= over it, after
+    # the final dot for a message that turned out bigger. None: fakesmtp's own 552 5.3.4.
+    mail_size_reply: Reply | None = None
+    data_size_reply: Reply | None = None
     max_recipients: int = 1000
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     tls: TLSSettings = field(default_factory=TLSSettings)
@@ -314,6 +321,7 @@ _TOP_KEYS = ("name", "description", "seed", "server", "rules")
 _SERVER_KEYS = (
     "hostname",
     "size_limit",
+    "size_replies",
     "max_recipients",
     "extensions",
     "tls",
@@ -329,7 +337,8 @@ _SERVER_KEYS = (
     "max_errors",
 )
 _TLS_KEYS = ("starttls", "required", "cert", "key")
-_AUTH_KEYS = ("mechanisms", "required", "users")
+_AUTH_KEYS = ("mechanisms", "required", "users", "tls_only")
+_SIZE_REPLY_KEYS = ("mail", "end_of_data")
 _RULE_KEYS = (
     "on",
     "match",
@@ -426,6 +435,8 @@ class _Builder:
                         settings[key] = parse_size(value)
                     except PatternError as error:
                         r.problem(value_node, where, str(error))
+            elif key == "size_replies":
+                settings.update(self.size_replies(value_node))
             elif key in ("max_recipients", "max_connections", "max_errors"):
                 value = r.scalar(value_node, where, (int,), "a whole number")
                 if value is not None:
@@ -508,12 +519,27 @@ class _Builder:
             settings["starttls"] = True  # requiring TLS implies offering it
         return TLSSettings(**settings)
 
+    def size_replies(self, node: yaml.Node) -> dict[str, Reply]:
+        """``{mail: REPLY, end_of_data: REPLY}``: refusals, so 4xx or 5xx."""
+        found = {}
+        for key, _, value_node in self.read.mapping(node, "server.size_replies", _SIZE_REPLY_KEYS):
+            reply = self.rule_reply(value_node, Stage(key))
+            if reply is None:
+                continue
+            if reply.code < 400:
+                self.read.problem(
+                    value_node, f"server.size_replies.{key}", "must refuse", "4xx or 5xx"
+                )
+                continue
+            found["mail_size_reply" if key == "mail" else "data_size_reply"] = reply
+        return found
+
     def auth(self, node: yaml.Node) -> AuthSettings:
         r = self.read
         settings: dict[str, Any] = {}
         for key, _, value_node in r.mapping(node, "server.auth", _AUTH_KEYS):
             where = f"server.auth.{key}"
-            if key == "required":
+            if key in ("required", "tls_only"):
                 value = r.scalar(value_node, where, (bool,), "true or false")
                 if value is not None:
                     settings[key] = value

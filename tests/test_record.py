@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import signal
 import smtplib
@@ -25,10 +24,12 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from fakesmtp import FakeSMTP
+from fakesmtp.cli import main
 from fakesmtp.record import Recorder
-from fakesmtp.scenario import load_scenario_text
+from fakesmtp.scenario import ScenarioError, load_scenario_text
 
 UPSTREAM = """
 server:
@@ -284,7 +285,7 @@ def test_an_unreachable_upstream_is_a_421_from_the_relay() -> None:
 # --------------------------------------------------------------------------- the command
 
 
-@pytest.mark.slow  # runs the fakesmtp command in a subprocess
+@pytest.mark.slow  # a process of its own, stopped with Ctrl-C's signal
 def test_record_command_listens_relays_and_writes_the_file(
     upstream: FakeSMTP, tmp_path: Path
 ) -> None:
@@ -321,31 +322,21 @@ def test_record_command_listens_relays_and_writes_the_file(
         (["--upstream", "mx.example.test", "--delay-threshold", "soon"], "--delay-threshold:"),
     ],
 )
-@pytest.mark.slow  # runs the fakesmtp command in a subprocess
 def test_record_command_bad_input_is_one_line_and_exit_2(
     arguments: list[str], message: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "fakesmtp", "record", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert done.returncode == 2
+    done = CliRunner().invoke(main, ["record", *arguments])
+    assert done.exit_code == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-@pytest.mark.slow  # runs the fakesmtp command in a subprocess
 def test_append_to_an_invalid_file_is_refused_before_listening(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - on: rcpt\n    reply: 999\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "fakesmtp", "record", "--upstream", "127.0.0.1:2525",
-         "--out", str(bad), "--append", "--port", "0"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert done.returncode == 2
+    done = CliRunner().invoke(
+        main, ["record", "--upstream", "127.0.0.1:2525", "--out", str(bad), "--append"]
+    )
+    assert done.exit_code == 2
     assert "--append: cannot append to an invalid scenario" in done.stderr
     assert f"{bad}:3" in done.stderr
 
@@ -417,3 +408,55 @@ def test_record_api_refuses_bad_requests(
     got, data = _call(api, "POST", "/record", body)
     assert got == status and data["error"].startswith(error)
     assert _call(api, "DELETE", "/record")[0] == 404
+
+
+# --------------------------------------------------------------------------- keys it writes
+
+
+def test_auth_tls_only_offers_auth_after_starttls_only(serve: Callable[..., FakeSMTP]) -> None:
+    server = serve(
+        "server:\n  tls: {starttls: true}\n"
+        "  auth: {mechanisms: [PLAIN], tls_only: true, users: {alice: pw}}\n"
+    )
+    with smtplib.SMTP(server.host, server.port, timeout=5) as smtp:
+        smtp.ehlo("app.example.test")
+        assert smtp.has_extn("starttls") and not smtp.has_extn("auth")
+        assert smtp.docmd("AUTH", "PLAIN AGFsaWNlAHB3") == (
+            503,
+            b"5.5.1 Error: authentication not enabled",
+        )
+        assert smtp.mail("app@example.test")[0] == 250  # unlike tls.required, MAIL is open
+        smtp.rset()
+        smtp.starttls(context=ssl._create_unverified_context())
+        smtp.ehlo("app.example.test")
+        assert smtp.has_extn("auth")
+        assert smtp.login("alice", "pw")[0] == 235
+
+
+def test_size_replies_word_the_size_limit_at_mail_and_after_the_dot(
+    serve: Callable[..., FakeSMTP],
+) -> None:
+    server = serve(
+        "server:\n  size_limit: 1000\n  size_replies:\n"
+        '    mail: "552 5.3.4 Message size exceeds fixed limit"\n'
+        '    end_of_data: "552 5.3.4 Error: message file too big"\n'
+    )
+    with smtplib.SMTP(server.host, server.port, timeout=5) as smtp:
+        smtp.ehlo("app.example.test")
+        assert smtp.mail("app@example.test", ["SIZE=5000"]) == (
+            552,
+            b"5.3.4 Message size exceeds fixed limit",
+        )
+        assert smtp.mail("app@example.test")[0] == 250
+        smtp.rcpt("bob@example.test")
+        big = b"Subject: big\r\n\r\n" + b"x" * 2000 + b"\r\n"
+        assert smtp.data(big) == (552, b"5.3.4 Error: message file too big")
+    assert server.messages == []
+
+
+def test_size_replies_must_refuse() -> None:
+    with pytest.raises(ScenarioError) as error:
+        load_scenario_text('server:\n  size_replies: {mail: "250 2.0.0 fine"}\n')
+    assert "<text>:2: server.size_replies.mail: must refuse (allowed: 4xx or 5xx)" in str(
+        error.value
+    )

@@ -90,3 +90,9 @@ def test_append_twice_adds_nothing_the_second_time() -> None:
                    reply=reply("550 5.1.1 No such user"))  # fmt: skip
     first = scenario_yaml([session(refused)], "mx:25")
     assert append_yaml(first, [session(refused)], "mx:25") == first
+
+
+def test_an_upstream_reply_too_long_or_with_control_bytes_still_makes_a_valid_file() -> None:
+    odd = Step(stage=Stage.HELP, command="HELP", reply=reply("214 2.0.0 " + "{x}\t" * 300))
+    (rule,) = rules_of(scenario_yaml([session(odd)], "mx:25"))
+    assert rule["reply"].startswith("214 2.0.0 {{x}}?{{x}}?")

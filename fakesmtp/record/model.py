@@ -110,11 +110,14 @@ class Recording:
 
     def close_session(self, session: RecordedSession, end: str) -> None:
         with self._lock:
-            if session.ended_at is not None:
+            if session.end is not None:
                 return
-            session.ended_at = time.time()
             session.end = end
+        # Observers first (the file is rewritten), then the session counts as ended: whoever
+        # waits for ended sessions finds the file up to date.
         self._tell("ended", session)
+        with self._lock:
+            session.ended_at = time.time()
 
     def _tell(self, kind: str, session: RecordedSession) -> None:
         for observer in self._observers:

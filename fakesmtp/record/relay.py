@@ -5,9 +5,11 @@ comes back unchanged, and the exchange becomes a step of the recording. The rela
 the upstream offers; its own link to the upstream is upgraded with STARTTLS whenever the upstream
 offers it, whether or not the client asks for TLS on its side.
 
-Built on asyncio streams rather than the serving session: a relay decides nothing, so the scenario
-session's verbs, engine and store have no part in it; what both need from the wire (a line read
-with a limit, STARTTLS on the server side, a TCP reset) is a few stream calls here.
+The client's side is the session package's ``Wire``, the one seam to the network that ``serve``
+uses too: the same line limits, idle timer, STARTTLS, reset and flow control. The rest of the
+serving session (verbs, engine, profile, store) has no part here: a relay decides nothing, it
+passes on what the upstream decided. The upstream's side is an asyncio stream client
+(upstream.py).
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import ssl
-import struct
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+from ..session.wire import Closed, Wire
 from ..stages import VERB_STAGES, Stage
 from ..tls import server_context
 from .model import RecordedSession, Recording, Step, UpstreamReply
@@ -33,11 +36,13 @@ from .writer import DELAY_THRESHOLD, AppendError, append_yaml, scenario_yaml
 
 log = logging.getLogger("fakesmtp.record")
 
-CLIENT_LINE_LIMIT = 64 * 1024
+CLIENT_LINE_LIMIT = 8192  # a longer command line is refused here, not relayed
 IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7, on both sides
+MAX_RELAYED_MESSAGE = 64 * 1024 * 1024  # a message is held whole before it is passed on
 MAX_KEPT_BODY = 256 * 1024  # --keep-bodies: what one message may add to the recording
 _MASK = "****"
 _ADDRESS = re.compile(r"^\s*(?:FROM|TO):\s*<([^<>]*)>|^\s*(?:FROM|TO):\s*(\S+)", re.IGNORECASE)
+_SIZE_PARAM = re.compile(r"\sSIZE=(\d{1,15})(?:\s|$)", re.IGNORECASE)
 
 
 class SessionEnd(Exception):
@@ -52,22 +57,28 @@ def _address(arg: str) -> str:
     return address.split(":")[-1].strip()  # a source route <@a,@b:x@y> names x@y
 
 
-class RelaySession:
-    """One client connection and its own connection to the upstream."""
+def _stuffed(message: bytes) -> bytes:
+    """A message as DATA sends it: dot-stuffed (RFC 5321 4.5.2), ending with the lone dot."""
+    if message and not message.endswith(b"\n"):
+        message += b"\r\n"
+    lines = message.split(b"\n")
+    return b"\n".join(b"." + line if line[:1] == b"." else line for line in lines) + b".\r\n"
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+
+class RelaySession:
+    """One client connection (a ``Wire``) and the relay's own connection to the upstream."""
+
+    def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        self.record: RecordedSession = recorder.recording.open_session(str(peer[0]))
+        self.wire = Wire(
+            idle=recorder.timeout,
+            line_limit=CLIENT_LINE_LIMIT,
+            run=self.run,
+            on_timeout=self._timed_out,
+            on_lost=self._lost,
+        )
+        self.record: RecordedSession | None = None
         self.upstream: UpstreamLink | None = None
-        self.client_tls = False
         self.helo: str | None = None
         self.sender: str | None = None
         self.recipients: list[str] = []
@@ -78,27 +89,46 @@ class RelaySession:
 
     # ------------------------------------------------------------------ life cycle
 
-    async def run(self) -> None:
+    async def run(self, wire: Wire) -> None:
+        self.recorder.sessions.add(self)
+        self.record = self.recorder.recording.open_session(wire.peer[0])
         try:
             await self._converse()
         except SessionEnd:
             pass
+        except Closed:
+            if self.end == "closed":
+                self.end = "client vanished"
         except UpstreamError as error:
             self.end = f"upstream error: {error}"
             await self._say(b"421 4.4.0 fakesmtp record: the upstream misbehaved, closing\r\n")
-        except (ConnectionError, OSError, TimeoutError, ssl.SSLError) as error:
+        except (ConnectionError, OSError, ssl.SSLError) as error:
             if self.end == "closed":
                 self.end = f"client vanished ({type(error).__name__})"
+        except asyncio.CancelledError:
+            if self.end == "closed":
+                self.end = "client vanished"
+            raise
         except Exception as error:  # our bug: the client hears of it, the log keeps it
             log.error("internal error in relayed session %s", self.record.number, exc_info=error)
             self.end = f"internal error: {type(error).__name__}"
             await self._say(b"421 4.3.0 fakesmtp record: internal error, closing\r\n")
         finally:
-            if self.upstream is not None:
-                await self.upstream.close(polite=self.end.startswith("client vanished"))
-            if not self.writer.is_closing():
-                self.writer.close()
+            # No await here: closing the wire cancels this task once the connection is gone.
             self.recorder.recording.close_session(self.record, self.end)
+            self.recorder.sessions.discard(self)
+            if self.upstream is not None:
+                polite = self.end.startswith("client vanished")  # QUIT on the client's behalf
+                self.recorder.in_background(self.upstream.close(polite=polite))
+            self.wire.close()
+
+    def _timed_out(self, reason: str) -> None:
+        self.end = f"client {reason}"
+        self.wire.write(b"421 4.4.2 fakesmtp record: idle timeout, closing\r\n")
+        self.wire.close()
+
+    def _lost(self) -> None:
+        """The client's connection is gone; ``run`` is cancelled and cleans up."""
 
     async def _converse(self) -> None:
         host, port = self.recorder.address
@@ -109,12 +139,15 @@ class RelaySession:
             await self._say(b"421 4.4.1 fakesmtp record: cannot reach the upstream\r\n")
             return
         banner = await self._ask(Stage.CONNECT, None, None)
-        await self._say(banner.wire)
+        await self._pass(banner)
         if banner.code >= 400:
             self.end = f"upstream refused the connection ({banner.code})"
             raise SessionEnd
         while True:
-            line = await self._client_line()
+            line = await self.wire.read_line()
+            if line is None:  # over CLIENT_LINE_LIMIT: refused here, never relayed
+                await self._say(b"500 5.5.2 fakesmtp record: line too long\r\n")
+                continue
             verb, _, arg = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape").partition(" ")
             verb = verb.upper()
             handler = getattr(self, f"relay_{verb}", None) if verb.isalpha() else None
@@ -122,33 +155,22 @@ class RelaySession:
                 await handler(line, arg)
             else:
                 stage = VERB_STAGES.get(verb, Stage.UNKNOWN)
-                reply = await self._ask(stage, self._shown(line), line)
-                await self._say(reply.wire)
+                await self._pass(await self._ask(stage, self._shown(line), line))
 
     # ------------------------------------------------------------------ the two sides
 
-    async def _client_line(self) -> bytes:
-        try:
-            line = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.recorder.timeout)
-        except asyncio.IncompleteReadError:
-            self.end = "client vanished"
-            raise SessionEnd from None
-        except asyncio.LimitOverrunError:
-            self.end = "client sent a line longer than 64 KiB"
-            await self._say(b"500 5.5.2 fakesmtp record: line too long, closing\r\n")
-            raise SessionEnd from None
-        except TimeoutError:
-            self.end = "client idle timeout"
-            await self._say(b"421 4.4.2 fakesmtp record: idle timeout, closing\r\n")
-            raise SessionEnd from None
-        return line
-
     async def _say(self, data: bytes) -> None:
-        if self.writer.is_closing():
-            return
-        with contextlib.suppress(ConnectionError, OSError):
-            self.writer.write(data)
-            await self.writer.drain()
+        if self.wire.open:
+            with contextlib.suppress(ConnectionError):
+                self.wire.write(data)
+                await self.wire.drain()
+
+    async def _pass(self, reply: UpstreamReply) -> None:
+        """The upstream's reply to the client, as it came; a 421 ends both sides (RFC 5321 3.8)."""
+        await self._say(reply.wire)
+        if reply.code == 421:
+            self.end = "upstream closed with 421"
+            raise SessionEnd
 
     def _shown(self, line: bytes) -> str:
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -163,23 +185,36 @@ class RelaySession:
         shown: str | None,
         line: bytes | None,
         *,
+        tried: str | None = None,
         size: int | None = None,
         message: bytes | None = None,
         record: bool = True,
     ) -> UpstreamReply:
-        """Send ``line`` (if any), read the reply, record the step; mirror a drop or reset."""
+        """Send ``line`` (if any), read the reply, record the step; mirror a drop or reset.
+
+        The client's idle timer waits meanwhile: the upstream's slowness is not the client's.
+        """
         assert self.upstream is not None
+        self.wire.stop_timer()
         started = time.monotonic()
         try:
             if line is not None:
                 await self.upstream.send(line)
             reply = await self.upstream.reply()
         except UpstreamGone as gone:
-            self._step(stage, shown, None, gone.how, time.monotonic() - started, size, message)
-            await self._mirror(gone.how)
+            elapsed = time.monotonic() - started
+            self._step(stage, shown, None, gone.how, elapsed, tried, size, message)
+            self._mirror(gone.how)
             raise SessionEnd from None
+        finally:
+            self.wire.touch()
+        if stage is Stage.EHLO and reply.code < 400:
+            elapsed = time.monotonic() - started
+            reply = await self._after_ehlo(reply, tried or "")
+            started = time.monotonic() - elapsed
         if record:
-            self._step(stage, shown, reply, None, time.monotonic() - started, size, message)
+            elapsed = time.monotonic() - started
+            self._step(stage, shown, reply, None, elapsed, tried, size, message)
         return reply
 
     def _step(
@@ -189,18 +224,18 @@ class RelaySession:
         reply: UpstreamReply | None,
         ended: str | None,
         elapsed: float,
+        tried: str | None = None,
         size: int | None = None,
         message: bytes | None = None,
-        *,
-        tried: str | None = None,
     ) -> None:
+        assert self.record is not None
         step = Step(
             stage=stage,
             command=shown,
             reply=reply,
             ended=ended,
             elapsed=elapsed,
-            tls=self.client_tls,
+            tls=self.wire.tls,
             helo=tried if stage in (Stage.HELO, Stage.EHLO) else self.helo,
             sender=tried if stage is Stage.MAIL else self.sender,
             recipient=tried if stage is Stage.RCPT else None,
@@ -210,59 +245,38 @@ class RelaySession:
         )
         self.recorder.recording.add(self.record, step)
 
-    async def _mirror(self, how: str) -> None:
+    def _mirror(self, how: str) -> None:
         """The upstream dropped or reset the line: the client gets the same."""
         self.end = "upstream reset the connection" if how == "reset" else "upstream closed"
         if how == "reset":
-            sock = self.writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.writer.transport.abort()
+            self.wire.reset()
         else:
-            self.writer.close()
+            self.wire.close()
 
     def _new_transaction(self) -> None:
         self.sender = None
         self.recipients = []
 
-    # ------------------------------------------------------------------ commands with state
-
-    async def _relay_tried(self, stage: Stage, line: bytes, tried: str) -> UpstreamReply:
-        """A command whose step records the value being tried (HELO name, sender, recipient)."""
-        assert self.upstream is not None
-        started = time.monotonic()
-        try:
-            reply = await self.upstream.command(line)
-        except UpstreamGone as gone:
-            self._step(stage, self._shown(line), None, gone.how, time.monotonic() - started,
-                       tried=tried)  # fmt: skip
-            await self._mirror(gone.how)
-            raise SessionEnd from None
-        elapsed = time.monotonic() - started
-        if stage is Stage.EHLO and reply.code < 400:
-            reply = await self._after_ehlo(reply, tried)
-        self._step(stage, self._shown(line), reply, None, elapsed, tried=tried)
-        return reply
+    # ------------------------------------------------------------------ HELO, EHLO, STARTTLS
 
     async def relay_HELO(self, line: bytes, arg: str) -> None:
-        reply = await self._relay_tried(Stage.HELO, line, arg.strip())
+        reply = await self._ask(Stage.HELO, self._shown(line), line, tried=arg.strip())
         if reply.code < 400:
             self.helo = arg.strip()
             self._new_transaction()
-        await self._say(reply.wire)
+        await self._pass(reply)
 
     async def relay_EHLO(self, line: bytes, arg: str) -> None:
-        reply = await self._relay_tried(Stage.EHLO, line, arg.strip())
+        reply = await self._ask(Stage.EHLO, self._shown(line), line, tried=arg.strip())
         if reply.code < 400:
             self.helo = arg.strip()
             self._new_transaction()
-        await self._say(reply.wire)
+        await self._pass(reply)
 
     async def _after_ehlo(self, reply: UpstreamReply, helo: str) -> UpstreamReply:
         """Note the capabilities; upgrade the upstream link when offered. Returns what the
         client is shown: a client without TLS sees what the upstream offers without TLS."""
-        assert self.upstream is not None
+        assert self.upstream is not None and self.record is not None
         record = self.record
         capabilities = reply.lines[1:]
         if not self.upstream.tls:
@@ -270,7 +284,7 @@ class RelaySession:
             if record.capabilities is None:
                 record.capabilities = capabilities
             self.plain_ehlo = reply
-            offered = any(c.split()[:1] == ["STARTTLS"] for c in map(str.upper, capabilities))
+            offered = any(c.upper().split()[:1] == ["STARTTLS"] for c in capabilities)
             if offered and self.upstream_tls_reply is None:
                 await self._upgrade_upstream(helo)
             elif self.recorder.require_tls and not offered:
@@ -280,13 +294,13 @@ class RelaySession:
             return reply
         if record.tls_capabilities is None:
             record.tls_capabilities = capabilities
-        if not self.client_tls and self.plain_ehlo is not None:
+        if not self.wire.tls and self.plain_ehlo is not None:
             return self.plain_ehlo
         return reply
 
     async def _upgrade_upstream(self, helo: str) -> None:
         """STARTTLS on the relay's own link, then EHLO again there (RFC 3207 4.2)."""
-        assert self.upstream is not None
+        assert self.upstream is not None and self.record is not None
         started = time.monotonic()
         reply = await self.upstream.command(b"STARTTLS\r\n")
         self.upstream_tls_elapsed = time.monotonic() - started
@@ -309,41 +323,50 @@ class RelaySession:
             self.record.tls_capabilities = again.lines[1:]
 
     async def relay_STARTTLS(self, line: bytes, arg: str) -> None:
-        assert self.upstream is not None
-        if self.client_tls or not self.upstream.tls or self.upstream_tls_reply is None:
+        assert self.upstream is not None and self.record is not None
+        if self.wire.tls or not self.upstream.tls or self.upstream_tls_reply is None:
             # Not upgraded on our side yet: the upstream itself answers (and may agree now).
             reply = await self._ask(Stage.STARTTLS, "STARTTLS", line)
-            await self._say(reply.wire)
-            if reply.code != 220 or self.client_tls:
+            await self._pass(reply)
+            if reply.code != 220 or self.wire.tls:
                 return
             self.upstream_tls_reply = reply
             await self.upstream.starttls(self.recorder.address[0])
             self.record.upstream_tls = True
         else:
-            # Our link is already TLS: the client gets the upstream's own answer to STARTTLS.
+            # Our link is TLS already: the client gets the upstream's own answer to STARTTLS.
             reply = self.upstream_tls_reply
             self._step(Stage.STARTTLS, "STARTTLS", reply, None, self.upstream_tls_elapsed)
-            await self._say(reply.wire)
+            await self._pass(reply)
             if reply.code != 220:
                 return
-        await self._client_starttls()
-
-    async def _client_starttls(self) -> None:
         try:
-            await asyncio.wait_for(
-                self.writer.start_tls(self.recorder.tls_context()), self.recorder.timeout
-            )
-        except (ssl.SSLError, OSError, TimeoutError) as error:
+            await self.wire.start_tls(self.recorder.tls_context())
+        except (ssl.SSLError, OSError) as error:
             self.end = f"TLS handshake with the client failed: {type(error).__name__}"
             raise SessionEnd from None
-        self.client_tls = True
         self.helo = None
         self._new_transaction()
+
+    # ------------------------------------------------------------------ AUTH
+
+    def _offered_plain(self, keyword: str) -> bool:
+        """Whether the upstream's EHLO without TLS offered ``keyword``."""
+        offered = self.plain_ehlo.lines[1:] if self.plain_ehlo is not None else ()
+        return any(line.upper().split()[:1] == [keyword] for line in offered)
 
     async def relay_AUTH(self, line: bytes, arg: str) -> None:
         """Passed through; what the client sends after each 334 goes upstream and nowhere else."""
         assert self.upstream is not None
         shown = self._shown(line)
+        if not self.wire.tls and self.upstream.tls and not self._offered_plain("AUTH"):
+            # The upstream offers AUTH only over TLS, and our link to it is TLS while the
+            # client's is not: relaying would let through what the upstream would refuse.
+            # Refused as fakesmtp refuses it (auth.tls_only), and not recorded as the
+            # upstream's word; the file says tls_only.
+            await self._say(b"503 5.5.1 Error: authentication not enabled\r\n")
+            return
+        self.wire.stop_timer()
         try:
             await self.upstream.send(line)
             while True:
@@ -352,114 +375,76 @@ class RelaySession:
                 if reply.code != 334:
                     break
                 await self._say(reply.wire)
-                answer = await self._client_line()
-                await self.upstream.send(answer)
+                self.wire.touch()
+                answer = await self.wire.read_line()
+                self.wire.stop_timer()
+                # Too long for us: "*" cancels the exchange (RFC 4954 4), the upstream says so.
+                await self.upstream.send(answer if answer is not None else b"*\r\n")
         except UpstreamGone as gone:
             self._step(Stage.AUTH, shown, None, gone.how, 0.0)
-            await self._mirror(gone.how)
+            self._mirror(gone.how)
             raise SessionEnd from None
+        finally:
+            self.wire.touch()
         self._step(Stage.AUTH, shown, reply, None, time.monotonic() - started)
-        await self._say(reply.wire)
+        await self._pass(reply)
+
+    # ------------------------------------------------------------------ the transaction
 
     async def relay_MAIL(self, line: bytes, arg: str) -> None:
         address = _address(arg)
-        reply = await self._relay_tried(Stage.MAIL, line, address)
+        declared = _SIZE_PARAM.search(" " + arg)
+        size = int(declared.group(1)) if declared else None
+        reply = await self._ask(Stage.MAIL, self._shown(line), line, tried=address, size=size)
         if reply.code < 400:
             self.sender = address
-        await self._say(reply.wire)
+        await self._pass(reply)
 
     async def relay_RCPT(self, line: bytes, arg: str) -> None:
         address = _address(arg)
-        reply = await self._relay_tried(Stage.RCPT, line, address)
+        reply = await self._ask(Stage.RCPT, self._shown(line), line, tried=address)
         if reply.code < 400:
             self.recipients.append(address)
-        await self._say(reply.wire)
+        await self._pass(reply)
 
     async def relay_RSET(self, line: bytes, arg: str) -> None:
         reply = await self._ask(Stage.RSET, self._shown(line), line)
         if reply.code < 400:
             self._new_transaction()
-        await self._say(reply.wire)
+        await self._pass(reply)
 
     async def relay_QUIT(self, line: bytes, arg: str) -> None:
-        reply = await self._ask(Stage.QUIT, "QUIT", line)
-        await self._say(reply.wire)
+        await self._say((await self._ask(Stage.QUIT, "QUIT", line)).wire)
         self.end = "quit"
         raise SessionEnd
 
     async def relay_DATA(self, line: bytes, arg: str) -> None:
         reply = await self._ask(Stage.DATA, self._shown(line), line)
-        await self._say(reply.wire)
+        await self._pass(reply)
         if reply.code // 100 != 3:
             return
-        size, kept = await self._relay_message()
-        shown = f"<message, {size} bytes>"
+        message, too_big = await self.wire.read_message(MAX_RELAYED_MESSAGE)
+        if too_big:
+            # The upstream is inside DATA: only a close leaves it without a message to deliver.
+            self.end = f"message over {MAX_RELAYED_MESSAGE} bytes, not relayed"
+            await self._say(b"421 4.3.1 fakesmtp record: message too big to relay, closing\r\n")
+            raise SessionEnd
+        kept = message[:MAX_KEPT_BODY] if self.recorder.recording.keep_bodies else None
+        shown = f"<message, {len(message)} bytes>"
         try:
-            reply = await self._ask(Stage.END_OF_DATA, shown, None, size=size, message=kept)
+            reply = await self._ask(
+                Stage.END_OF_DATA, shown, _stuffed(message), size=len(message), message=kept
+            )
         finally:
             self._new_transaction()
-        await self._say(reply.wire)
-
-    async def _relay_message(self) -> tuple[int, bytes | None]:
-        """The client's message, passed as it comes (dot-stuffed) up to the lone dot."""
-        assert self.upstream is not None
-        size = 0
-        keep = self.recorder.recording.keep_bodies
-        kept = bytearray()
-        pending = bytearray()
-        at_line_start = True
-        while True:
-            try:
-                chunk = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.recorder.timeout)
-            except asyncio.LimitOverrunError as overrun:
-                chunk = await self.reader.readexactly(overrun.consumed)
-            except asyncio.IncompleteReadError:
-                self.end = "client vanished during DATA"
-                raise SessionEnd from None
-            pending += chunk
-            last = at_line_start and chunk in (b".\r\n", b".\n")
-            if not last:
-                body = chunk[1:] if at_line_start and chunk[:1] == b"." else chunk
-                size += len(body)
-                if keep and len(kept) < MAX_KEPT_BODY:
-                    kept += body[: MAX_KEPT_BODY - len(kept)]
-            at_line_start = chunk.endswith(b"\n")
-            if last or len(pending) >= 64 * 1024:
-                try:
-                    await self.upstream.send(bytes(pending))
-                except UpstreamGone as gone:
-                    if not last:  # keep reading to the dot, then record what happened
-                        await self._drain_message(at_line_start)
-                    self._step(Stage.END_OF_DATA, f"<message, {size} bytes>", None, gone.how, 0)
-                    await self._mirror(gone.how)
-                    raise SessionEnd from None
-                pending.clear()
-            if last:
-                return size, bytes(kept) if keep else None
-
-    async def _drain_message(self, at_line_start: bool) -> None:
-        while True:
-            try:
-                chunk = await self.reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as overrun:
-                chunk = await self.reader.readexactly(overrun.consumed)
-            except asyncio.IncompleteReadError:
-                return
-            if at_line_start and chunk in (b".\r\n", b".\n"):
-                return
-            at_line_start = chunk.endswith(b"\n")
+        await self._pass(reply)
 
     async def relay_BDAT(self, line: bytes, arg: str) -> None:
         """RFC 3030 chunks: the size's bytes follow the command; passed on, not made rules."""
-        assert self.upstream is not None
         words = arg.split()
-        if not words or not words[0].isdigit():
-            reply = await self._ask(Stage.UNKNOWN, self._shown(line), line, record=False)
-            await self._say(reply.wire)
-            return
-        chunk = await self.reader.readexactly(int(words[0]))
-        reply = await self._ask(Stage.UNKNOWN, self._shown(line), line + chunk, record=False)
-        await self._say(reply.wire)
+        chunk = await self.wire.read_exactly(int(words[0])) if words and words[0].isdigit() else b""
+        await self._pass(await self._ask(Stage.UNKNOWN, self._shown(line), line + chunk,
+                                         record=False))  # fmt: skip
 
 
 class Recorder:
@@ -502,7 +487,8 @@ class Recorder:
             append_yaml(self.base, [], upstream, source=str(self.out))  # AppendError early
         self._context: ssl.SSLContext | None = None
         self._server: asyncio.base_events.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self.sessions: set[RelaySession] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -558,29 +544,30 @@ class Recorder:
 
     async def start(self) -> None:
         """Listen (``port`` 0 picks a free one); returns once clients can connect."""
-        self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, limit=CLIENT_LINE_LIMIT, reuse_address=True
+        self._loop = loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: RelaySession(self).wire, self.host, self.port, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        try:
-            await RelaySession(self, reader, writer).run()
-        finally:
-            self._sessions.discard(task)
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (an upstream's close) on a task of its own, kept until it is done."""
+        assert self._loop is not None
+        task = self._loop.create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def stop(self) -> None:
         """Stop listening, end the sessions under way, and write the file one last time."""
         if self._server is not None:
             self._server.close()
-            for task in list(self._sessions):
-                task.cancel()
-            if self._sessions:
-                await asyncio.wait(list(self._sessions), timeout=5)
+            for session in list(self.sessions):
+                session.wire.abort()  # its run() is cancelled and records how it ended
+            deadline = time.monotonic() + 5
+            while self.sessions and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if self._closing:
+                await asyncio.wait(list(self._closing), timeout=5)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..reply import Reply, ReplyError
+from ..reply import MAX_LINE_TEXT, Reply, ReplyError, clean_text
 from ..scenario import AUTH_MECHANISMS, KNOWN_EXTENSIONS, ScenarioError, load_scenario_text
 from ..stages import Stage
 from .model import RecordedSession, Step, UpstreamReply
@@ -53,6 +53,8 @@ class AppendError(ValueError):
 
 # --------------------------------------------------------------------------- the upstream
 
+Outcome = tuple[Any, ...]  # ("reply", code, status, lines) or ("drop",) / ("reset",)
+
 
 @dataclass(slots=True)
 class Upstream:
@@ -66,6 +68,8 @@ class Upstream:
     auth: list[str] = field(default_factory=list)
     auth_other: list[str] = field(default_factory=list)  # mechanisms fakesmtp cannot offer
     auth_after_tls_only: bool = False
+    # How the upstream words its size limit (server.size_replies), when it was seen.
+    size_replies: dict[str, Outcome] = field(default_factory=dict)
 
     @property
     def enhanced(self) -> bool:
@@ -167,9 +171,6 @@ def _is_default(stage: Stage, reply: UpstreamReply, upstream: Upstream, defaults
 # --------------------------------------------------------------------------- steps -> rules
 
 
-Outcome = tuple[Any, ...]  # ("reply", code, status, lines) or ("drop",) / ("reset",)
-
-
 @dataclass(slots=True)
 class _Run:
     """Consecutive steps of one key that got the same outcome."""
@@ -201,7 +202,8 @@ class PlannedRule:
 def _outcome(step: Step) -> Outcome:
     if step.reply is None:
         return (step.ended or "drop",)
-    lines = tuple(_escape(line) for line in step.reply.lines)  # as a scenario writes them
+    # As a scenario writes them: no control bytes, within a reply line's length, braces doubled.
+    lines = tuple(_written(line) for line in step.reply.lines)
     if step.stage is Stage.EHLO and step.reply.code < 400:
         lines = lines[:1]  # the extension lines are server:'s; a rule gives only the greeting
     return ("reply", step.reply.code, step.reply.status, lines)
@@ -264,6 +266,18 @@ def _narrowing(step: Step, upstream: Upstream, keep_bodies: bool) -> tuple[tuple
     return tuple(chosen)
 
 
+def _size_setting(step: Step, upstream: Upstream) -> bool:
+    """A refusal for the size limit is said by fakesmtp's own check, before any rule: it goes
+    to ``server.size_replies`` (at MAIL for a declared SIZE=, after the dot for a message)."""
+    reply, limit = step.reply, upstream.size_limit
+    if reply is None or limit is None or step.size is None or step.size <= limit:
+        return False
+    if step.stage not in (Stage.MAIL, Stage.END_OF_DATA) or not _size_refusal(reply):
+        return False
+    upstream.size_replies.setdefault(step.stage.value, _outcome(step))
+    return True
+
+
 def _size_refusal(reply: UpstreamReply) -> bool:
     return reply.status in ("5.3.4", "5.2.3", "4.3.1") or (
         reply.code == 552 and reply.status is None
@@ -289,6 +303,8 @@ def plan_rules(
     notes: list[str] = []
     for session in sessions:
         for step in session.steps:
+            if _size_setting(step, upstream):
+                continue
             why = _skipped(step)
             if why is not None:
                 assert step.reply is not None
@@ -372,6 +388,14 @@ def _templated(outcome: Outcome, step: Step) -> Outcome:
 
 
 # --------------------------------------------------------------------------- YAML
+
+
+def _written(line: str) -> str:
+    """An upstream's reply line as a scenario can hold it (clean, escaped, not too long)."""
+    written = _escape(clean_text(line, MAX_LINE_TEXT))
+    if len(written) > MAX_LINE_TEXT:  # doubled braces: half the length always fits
+        written = _escape(clean_text(line, MAX_LINE_TEXT // 2))
+    return written
 
 
 def _escape(text: str) -> str:
@@ -468,6 +492,10 @@ def _server_yaml(upstream: Upstream) -> list[str]:
         lines.append(f"  hostname: {_quote(upstream.hostname)}")
     if upstream.size_limit:
         lines.append(f"  size_limit: {upstream.size_limit}")
+    if upstream.size_replies:
+        lines.append("  size_replies:  # how the upstream refused what was over its size limit")
+        for stage, outcome in upstream.size_replies.items():
+            lines.append(f"    {stage}: {_reply_yaml(outcome, upstream.enhanced)}")
     if upstream.extensions is not None:
         lines.append(f"  extensions: [{', '.join(upstream.extensions)}]")
     if upstream.not_replayed:
@@ -477,9 +505,9 @@ def _server_yaml(upstream: Upstream) -> list[str]:
     if upstream.starttls:
         lines.append("  tls: {starttls: true}")
     if upstream.auth:
-        lines.append(f"  auth: {{mechanisms: [{', '.join(upstream.auth)}]}}")
-        if upstream.auth_after_tls_only:
-            lines.append("  # the upstream offered AUTH only after STARTTLS")
+        # tls_only: the upstream offered AUTH only once STARTTLS was done.
+        tls_only = ", tls_only: true" if upstream.auth_after_tls_only else ""
+        lines.append(f"  auth: {{mechanisms: [{', '.join(upstream.auth)}]{tls_only}}}")
     if upstream.auth_other:
         lines.append(f"  # AUTH mechanisms fakesmtp cannot offer: {', '.join(upstream.auth_other)}")
     return lines if len(lines) > 1 else []

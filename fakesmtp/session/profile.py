@@ -77,6 +77,9 @@ class Profile:
         self.timeout = fixed_reply(421, "4.4.2", f"{host} Error: timeout exceeded")
         self.shutdown = fixed_reply(421, "4.3.2", "Service shutting down")
         self.internal = fixed_reply(451, "4.3.0", "Internal error, try again later")
+        too_big = fixed_reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        self.mail_too_big = s.mail_size_reply or too_big
+        self.data_too_big = s.data_size_reply or too_big
         self._wire: dict[Reply, bytes] = {}
 
     def wire(self, reply: Reply, fields: dict[str, str] | None = None) -> bytes:
@@ -103,7 +106,7 @@ class Profile:
                 lines.append(name)
         if self.starttls is not None and not tls_active:
             lines.append("STARTTLS")
-        if s.auth is not None and (tls_active or not s.tls.required):
+        if s.auth is not None and (tls_active or not (s.tls.required or s.auth.tls_only)):
             lines.append("AUTH " + " ".join(s.auth.mechanisms))
         lines.append("HELP")
         return tuple(lines)

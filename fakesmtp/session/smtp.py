@@ -542,7 +542,8 @@ class ScenarioSMTP:
         facts = self.facts
         settings = self.profile.settings
         assert facts is not None and self.record is not None
-        if settings.auth is None:
+        # auth.tls_only: without TLS, as if AUTH were not there (Postfix's smtpd_tls_auth_only).
+        if settings.auth is None or (settings.auth.tls_only and not facts.tls):
             await self.refuse(Stage.AUTH, shown, 503, "5.5.1", "Error: authentication not enabled")
         if not self.extended:
             await self.refuse(Stage.AUTH, shown, 503, "5.5.1", "Error: send EHLO first")
@@ -637,9 +638,8 @@ class ScenarioSMTP:
                 Stage.MAIL, shown, 553, "5.6.7", "SMTPUTF8 is required for a non-ASCII address"
             )
         if settings.size_limit and self.declared_size > settings.size_limit:
-            await self.refuse(
-                Stage.MAIL, shown, 552, "5.3.4", "Message size exceeds fixed maximum message size"
-            )
+            await self.send(Stage.MAIL, shown, self.profile.mail_too_big)
+            raise _Refused
         facts.sender = address
         if (await self.answer(Stage.MAIL, shown, self.profile.mail_ok)).positive:
             self.mail_options = options
@@ -746,11 +746,7 @@ class ScenarioSMTP:
         raw, too_big = await self._read_message()
         if too_big:
             self.declared_size = len(raw) if raw else self.declared_size
-            await self.send(
-                Stage.END_OF_DATA,
-                "<message>",
-                fixed_reply(552, "5.3.4", "Message size exceeds fixed maximum message size"),
-            )
+            await self.send(Stage.END_OF_DATA, "<message>", self.profile.data_too_big)
             facts.new_transaction()
             self._new_transaction()
             return
