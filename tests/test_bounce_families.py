@@ -785,3 +785,85 @@ def test_long_noise_of_reply_lines_costs_bounded_time() -> None:
     (finding,) = parse_bounce(text)
     assert finding.code == 550 and len(finding.text) <= 100
     assert time.monotonic() - started < 5
+
+
+# --------------------------------------------------------------------------------------------
+# More layouts, read through the whole pipeline (their families share readers above)
+
+MORE_LAYOUTS = {
+    "apache-james": (
+        "Failed recipient(s):\nbob@example.test\n\nError message:\n550 5.1.1 bob: unknown user\n",
+        ("bob@example.test", 550, "5.1.1", None),
+    ),
+    "mailmarshal-recipients-below": (
+        "Your message:\n   From:    alice@shop.example.test\n   Subject: hi\n\n"
+        "Could not be delivered because of\n\n550 5.1.1 User unknown\n\n"
+        "The following recipients were affected: \n    bob@example.test\n",
+        ("bob@example.test", 550, "5.1.1", None),
+    ),
+    "mailfoundry": (
+        "Unable to deliver message to: <cat@example.test>\n"
+        "Delivery failed for the following reason:\n"
+        "Server mx.example.test[192.0.2.30] failed with: 550 <cat@example.test> No such user\n",
+        ("cat@example.test", 550, None, None),
+    ),
+    "exim-host-above": (
+        "  dan@example.test\n    host mx.example.test [192.0.2.31]\n"
+        "    SMTP error from remote mail server after end of data:\n"
+        "    550 5.7.1 Message rejected as spam\n",
+        ("dan@example.test", 550, "5.7.1", "end_of_data"),
+    ),
+    "sendmail-old-no-status": (
+        "   ----- The following addresses had permanent fatal errors -----\n<eve@example.test>\n\n"
+        "   ----- Transcript of session follows -----\n"
+        "... while talking to mx.example.test.:\n>>> RCPT To:<eve@example.test>\n"
+        "<<< 550 MAILBOX NOT FOUND\n550 <eve@example.test>... User unknown\n",
+        ("eve@example.test", 550, None, "rcpt"),
+    ),
+    "qmail-yahoo-bracket": (
+        "<fox@example.test>:\n"
+        "Remote host said: 552 1 Requested mail action aborted, mailbox not found [RCPT_TO]\n",
+        ("fox@example.test", 552, None, "rcpt"),
+    ),
+    "postfix-paren-wrapped": (
+        "<gil@example.test>: host mx.example.test[192.0.2.32] said: 550 5.1.1 gone (in\n"
+        "    reply to RCPT TO command)\n",
+        ("gil@example.test", 550, "5.1.1", "rcpt"),
+    ),
+    "surfcontrol-ip-first": (
+        "Failed to send to identified host,\n"
+        "hal@example.test: [192.0.2.33], 550 hal@example.test... User unknown\n",
+        ("hal@example.test", 550, None, None),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE_LAYOUTS))
+def test_more_layouts(name: str) -> None:
+    text, (recipient, code, status, stage) = MORE_LAYOUTS[name]
+    first = parse_bounce(text)[0]
+    assert (first.recipient, first.code, first.status, first.stage) == (
+        recipient,
+        code,
+        status,
+        stage,
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<ian@example.test>: mail for example.test loops back to myself\n",
+        "Generating server: ex.example.test\n\nian@example.test\n"
+        "#550 5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain ##\n",
+        "Your message\n\n  Subject: x\n\nwas not delivered to:\n\n  ian@example.test\n\n"
+        "because:\n\n  User ian (ian@example.test) not listed in Domino Directory\n",
+        "<ian@example.test>:\n    DNS lookup failed.\n",
+        "Technical details of temporary failure:\n"
+        "The recipient server did not accept our requests to connect.\n",
+    ],
+    ids=["postfix-loop", "exchange-nxdomain", "domino-directory", "courier-dns", "gmail-connect"],
+)
+def test_more_local_failures_are_clean_errors(text: str) -> None:
+    with pytest.raises(BounceError, match="no SMTP reply"):
+        parse_bounce(text)

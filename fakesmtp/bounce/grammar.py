@@ -199,7 +199,9 @@ _LOCAL_WORDS = re.compile(
     r"|operating system error|retry timeout exceeded|all hosts .{0,80}?have been failing"
     r"|retry time not reached|all relevant MX records point to non-existent hosts"
     r"|malformed or unexpected name server reply|unknown mail domain"
-    r"|unrouteable address|mail loops back to myself|delivery time expired"
+    r"|unrouteable address|loops back to myself|delivery time expired"
+    r"|nonexistent domain|SMTPSEND\.DNS|network error on destination|DNS lookup failed"
+    r"|unable to connect to|could not connect to"
     r"|message timed out|lost connection with|DNS Error:|address resolution of"
     r"|did not accept our requests to connect)",
     re.IGNORECASE,
@@ -262,7 +264,7 @@ def stage_of(command: str) -> str | None:
 
 # "(in reply to RCPT TO command)", Postfix's words; also "in reply to end of DATA command".
 IN_REPLY_TO = re.compile(
-    r"\(?\s*in reply to (?P<cmd>[A-Za-z][A-Za-z ]{0,30}?)(?: command)?\s*\)\s*\.?\s*$",
+    r"\(?\s*in reply to (?P<cmd>[A-Za-z][A-Za-z ]{0,30}?)(?: command)?\s*\)?\s*\.?\s*$",
     re.IGNORECASE,
 )
 AFTER_COMMAND = re.compile(
@@ -356,10 +358,28 @@ SENDER_WORD = re.compile(r"\bsender\b|\bmail from\b", re.IGNORECASE)
 LOOK_BACK = 1000
 
 
+# Lines that name the sender, not a recipient: "From: alice@...", "MAIL FROM:<alice@...>".
+_SENDER_LINE = re.compile(
+    r"^\s*(?:From|Sender|Return-Path|Reply-To|X-Postfix-Sender|Envelope-From)\s*:"
+    r"|\bMAIL\s+FROM\s*:|\benvelope-from\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+_RECIPIENTS_AFTER = re.compile(r"\brecipients?\b", re.IGNORECASE)
+
+
 def recipient_before(text: str, pos: int) -> str | None:
-    """The last address written shortly before the reply."""
-    found = ADDRESS.findall(text, max(0, pos - LOOK_BACK), pos)
-    return found[-1].rstrip(".") if found else None
+    """The last address written shortly before the reply, not on a line naming the sender;
+    else the first one after it when the bounce lists "the following recipients" there."""
+    start = max(0, pos - LOOK_BACK)
+    for m in reversed(list(ADDRESS.finditer(text, start, pos))):
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if not _SENDER_LINE.search(text, line_start, m.start()):
+            return m.group(0).rstrip(".")
+    end = min(len(text), pos + LOOK_BACK // 2)
+    after = ADDRESS.search(text, pos, end)
+    if after is not None and _RECIPIENTS_AFTER.search(text, pos, after.start()):
+        return after.group(0).rstrip(".")
+    return None
 
 
 def recipient_in(reply: Reply) -> str | None:
