@@ -41,6 +41,7 @@ class Facts:
     recipient: str | None = None  # the recipient being tried at RCPT
     recipients: list[str] = field(default_factory=list)  # accepted recipients
     raw: bytes | None = None  # the message, at end_of_data
+    received: int = 0  # BDAT: the message's bytes so far, before the LAST chunk makes it raw
     # per: connection counts live here and end with the session (the engine writes them);
     # counters_of says which engine state they belong to, so a reset or swap starts afresh.
     counters: MemoryCounters | None = None
@@ -52,7 +53,7 @@ class Facts:
 
     @property
     def size(self) -> int:
-        return len(self.raw) if self.raw is not None else 0
+        return len(self.raw) if self.raw is not None else self.received
 
     @property
     def message(self) -> EmailMessage:
@@ -79,6 +80,7 @@ class Facts:
         self.recipient = None
         self.recipients = []
         self.raw = None
+        self.received = 0
         self._message = None
         self._headers = None
 

@@ -43,11 +43,20 @@ EnumT = TypeVar("EnumT", Action, Per)
 DEFAULT_HOSTNAME = "mx.fakesmtp.test"
 DEFAULT_EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN")
 # What `extensions:` may list: the ones the session really implements when they are offered.
-KNOWN_EXTENSIONS = frozenset({"PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"})
+KNOWN_EXTENSIONS = frozenset(
+    {
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+        "CHUNKING",  # BDAT (RFC 3030)
+        "BINARYMIME",  # BODY=BINARYMIME, sent with BDAT only (RFC 3030 3)
+    }
+)
 # Names a user may reasonably write that would otherwise be accepted and do nothing.
 REFUSED_EXTENSIONS = {
     "SIZE": "SIZE is advertised from server.size_limit (set it; 0 turns SIZE off)",
-    "CHUNKING": "CHUNKING needs BDAT (RFC 3030), which fakesmtp does not speak yet",
 }
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 
@@ -371,8 +380,8 @@ _STAGE_WORDS = ", ".join(s.value for s in Stage)
 # Which `per` keys need which facts, i.e. from which stage on they mean anything.
 _PER_STAGES: dict[Per, frozenset[Stage]] = {
     Per.SENDER: frozenset(s for s in Stage if "from" in MATCH_KEYS[s]),
-    Per.RECIPIENT: frozenset({Stage.RCPT, Stage.DATA, Stage.END_OF_DATA}),
-    Per.TRIPLET: frozenset({Stage.RCPT, Stage.DATA, Stage.END_OF_DATA}),
+    Per.RECIPIENT: frozenset({Stage.RCPT, Stage.DATA, Stage.BDAT, Stage.END_OF_DATA}),
+    Per.TRIPLET: frozenset({Stage.RCPT, Stage.DATA, Stage.BDAT, Stage.END_OF_DATA}),
 }
 
 
@@ -488,6 +497,14 @@ class _Builder:
                     ", ".join(sorted(KNOWN_EXTENSIONS)),
                 )
             names.append(name)
+        if "BINARYMIME" in names and "CHUNKING" not in names:
+            # RFC 3030 3: a BINARYMIME message can only be sent with BDAT.
+            r.problem(
+                node,
+                "server.extensions",
+                "BINARYMIME needs CHUNKING: binary messages are sent with BDAT only",
+                "add CHUNKING, or remove BINARYMIME",
+            )
         return tuple(names)
 
     def tls(self, node: yaml.Node) -> TLSSettings:

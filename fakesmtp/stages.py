@@ -16,6 +16,7 @@ class Stage(StrEnum):
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"
+    BDAT = "bdat"  # one BDAT chunk (RFC 3030); after the LAST one, end_of_data decides
     END_OF_DATA = "end_of_data"
     RSET = "rset"
     NOOP = "noop"
@@ -55,6 +56,7 @@ VERB_STAGES: dict[str, Stage] = {
     "MAIL": Stage.MAIL,
     "RCPT": Stage.RCPT,
     "DATA": Stage.DATA,
+    "BDAT": Stage.BDAT,
     "RSET": Stage.RSET,
     "NOOP": Stage.NOOP,
     "VRFY": Stage.VRFY,
@@ -80,6 +82,8 @@ MATCH_KEYS: dict[Stage, frozenset[str]] = {
     Stage.MAIL: _AUTH_KEYS | {"from"},
     Stage.RCPT: _TRANSACTION_KEYS,
     Stage.DATA: _TRANSACTION_KEYS,
+    # `size` at a chunk: the bytes received so far in this message, this chunk included.
+    Stage.BDAT: _TRANSACTION_KEYS | {"size"},
     Stage.END_OF_DATA: _TRANSACTION_KEYS | MESSAGE_KEYS,
     Stage.RSET: _TRANSACTION_KEYS,
     Stage.NOOP: _TRANSACTION_KEYS,

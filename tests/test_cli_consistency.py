@@ -77,7 +77,7 @@ def test_validate_json_reports_every_file() -> None:
             "column": None,
             "key": "on",
             "message": "unknown stage 'RCPT'; did you mean 'rcpt'?",
-            "allowed": "connect, helo, ehlo, starttls, auth, mail, rcpt, data, end_of_data, "
+            "allowed": "connect, helo, ehlo, starttls, auth, mail, rcpt, data, bdat, end_of_data, "
             "rset, noop, vrfy, expn, help, quit, unknown",
             "hint": None,
         }

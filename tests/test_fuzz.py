@@ -148,7 +148,12 @@ def good_client(fuzz_server: FakeSMTP) -> Iterator[GoodClient]:
     assert not missing, f"acknowledged with 250 but not stored: {missing[:5]}"
 
 
-def converse(server: FakeSMTP, chunks: list[bytes], timeout: float = 10.0) -> bytes:
+TERMINATOR = b"\r\n.\r\nHELP\r\n"
+
+
+def converse(
+    server: FakeSMTP, chunks: list[bytes], timeout: float = 10.0, terminator: bytes = TERMINATOR
+) -> bytes:
     """Read the banner, send ``chunks`` back to back, then a terminator; return all replies.
 
     The terminator ends a message if one is open, then asks HELP: its 214 is the last reply.
@@ -157,7 +162,7 @@ def converse(server: FakeSMTP, chunks: list[bytes], timeout: float = 10.0) -> by
     """
     received = b""
     with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
-        for chunk in [*chunks, b"\r\n.\r\nHELP\r\n"]:
+        for chunk in [*chunks, terminator]:
             try:
                 sock.sendall(chunk)
             except OSError:  # the server closed first (QUIT, 421...): read what it said
@@ -347,6 +352,100 @@ def test_fuzzed_command_lines_get_well_formed_replies(
     # And the server still serves a plain client after all that.
     with smtplib.SMTP(fuzz_server.host, fuzz_server.port, timeout=5) as smtp:
         assert smtp.noop()[0] == 250
+
+
+# ------------------------------------------------------------------------- BDAT (RFC 3030)
+
+BDAT_SCENARIO = (
+    FUZZ_SCENARIO.replace(
+        "server:\n",
+        "server:\n  extensions: [PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN,"
+        " CHUNKING, BINARYMIME]\n",
+    )
+    + """
+  - on: bdat
+    match: {size: ">100"}
+    reply: "552 5.3.4 echo: {size} octets so far from <{from}> helo {helo}"
+  - on: bdat
+    match: {to: "*@refuse-chunk.test"}
+    times: 1
+    per: connection
+    reply: "451 4.3.0 echo: chunk refused once for <{to}>"
+"""
+)
+CHUNK_PIECES = [
+    b".\r\n",
+    b"\r\n.\r\n",
+    b"QUIT\r\n",
+    b"DATA\r\n",
+    b"BDAT 5\r\n",
+    b"\x00",
+    b"\n",
+    b"\r",
+]
+BDAT_SYNTAX = [b"", b"x", b"-1", b"1.5", b"5 LAST x", b"3 last", b"0", b"0 LAST", b"9" * 21]
+# Up to this many octets may be announced and not sent: the terminator's padding fills them.
+SHORTFALL = 20
+
+
+@st.composite
+def bdat_item(draw: st.DrawFn) -> bytes:
+    kind = draw(st.integers(0, 6))
+    if kind <= 3:  # a chunk: its size right, or a little off either way
+        pieces = st.one_of(st.sampled_from(CHUNK_PIECES), st.binary(max_size=60))
+        data = b"".join(draw(st.lists(pieces, max_size=8)))
+        size = len(data) if kind <= 2 else max(0, len(data) + draw(st.integers(-5, SHORTFALL)))
+        last = draw(st.booleans())
+        return b"BDAT %d%s\r\n" % (size, b" LAST" if last else b"") + data
+    if kind == 4:  # a BDAT line that is not what RFC 3030 allows
+        return b"BDAT " + draw(st.sampled_from(BDAT_SYNTAX)) + b"\r\n"
+    # Any other command (a random "BDAT 123456789" could wait for ever: those are chunks above).
+    return draw(command_line().filter(lambda line: not line.upper().startswith(b"BDAT")))
+
+
+_BINARY = b"EHLO client.test\r\nMAIL FROM:<alice@client.test> BODY=BINARYMIME\r\n"
+BDAT_PREAMBLES = [
+    b"",
+    _GREET,
+    _RCPT,
+    _RCPT + b"BDAT 4\r\nHi\r\n",
+    _BINARY + b"RCPT TO:<bob@mx.test>\r\n",
+    _MAIL + b"RCPT TO:<a@refuse-chunk.test>\r\n",
+    b"EHLO c.test\r\nMAIL FROM:<x@echo-data.test>\r\nRCPT TO:<bob@mx.test>\r\n",
+]
+
+
+@pytest.mark.slow
+def test_fuzzed_bdat_conversations_get_well_formed_replies() -> None:
+    seen: set[bytes] = set()
+    # The padding completes any chunk announced larger than sent, then ends a DATA message.
+    terminator = b"X" * (SHORTFALL + 44) + TERMINATOR
+
+    @settings(
+        max_examples=150,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(st.sampled_from(BDAT_PREAMBLES), st.lists(bdat_item(), min_size=1, max_size=12))
+    def one_conversation(preamble: bytes, items: list[bytes]) -> None:
+        data = preamble + b"".join(items)
+        replies = check_stream(converse(server, [data], terminator=terminator))
+        assert replies and replies[0].startswith(b"220 "), replies[:1]
+        seen.update(line[:3] for line in replies)
+        seen.update(b"octets" for line in replies if b"octets received" in line)
+
+    with FakeSMTP(BDAT_SCENARIO) as server:
+        one_conversation()
+        assert not server.errors, server.errors
+        with smtplib.SMTP(server.host, server.port, timeout=5) as smtp:
+            assert smtp.noop()[0] == 250
+        kept = len(server.messages)
+    # The fuzzing reached chunks taken, chunks refused by size and rule, bad syntax, and LAST.
+    for code in (b"250", b"451", b"501", b"503", b"552", b"octets"):
+        assert code in seen, f"no {code.decode()} reply seen: {sorted(seen)}"
+    assert kept > 0, "no BDAT message was ever completed"
 
 
 @pytest.mark.slow

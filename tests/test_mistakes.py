@@ -143,15 +143,15 @@ def test_a_yaml_slip_says_what_to_write(text: str, expected: str) -> None:
         pytest.param(
             "rules:\n  - on: RCPT\n    reply: 550\n",
             "s.yaml:2: on: unknown stage 'RCPT'; did you mean 'rcpt'? (allowed: connect, helo, "
-            "ehlo, starttls, auth, mail, rcpt, data, end_of_data, rset, noop, vrfy, expn, help, "
-            "quit, unknown)",
+            "ehlo, starttls, auth, mail, rcpt, data, bdat, end_of_data, rset, noop, vrfy, expn, "
+            "help, quit, unknown)",
             id="stage-in-capitals",
         ),
         pytest.param(
             "rules:\n  - on: recipient\n    reply: 550\n",
             "s.yaml:2: on: unknown stage 'recipient'; did you mean 'rcpt'? (allowed: connect, "
-            "helo, ehlo, starttls, auth, mail, rcpt, data, end_of_data, rset, noop, vrfy, expn, "
-            "help, quit, unknown)",
+            "helo, ehlo, starttls, auth, mail, rcpt, data, bdat, end_of_data, rset, noop, vrfy, "
+            "expn, help, quit, unknown)",
             id="stage-alias",
         ),
         pytest.param(

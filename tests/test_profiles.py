@@ -213,3 +213,21 @@ def test_postfix_anvil_limits(postfix: FakeSMTP) -> None:
     postfix.wait_for_sessions(51)
     accepted, code, text = mail_until_refused(postfix, 30)
     assert (accepted, code, text) == (30, 450, b"4.7.1 Error: too much mail from 127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("name", "chunking", "binarymime"),
+    [
+        ("gmail", True, False),
+        ("microsoft-365", True, True),
+        ("yahoo", False, False),
+        ("postfix-greylisting", True, False),
+    ],
+)
+def test_profiles_advertise_chunking_as_the_provider_does(
+    serve, name: str, chunking: bool, binarymime: bool
+) -> None:
+    server = serve(name)
+    with client(server) as smtp:
+        assert smtp.has_extn("chunking") is chunking
+        assert smtp.has_extn("binarymime") is binarymime

@@ -89,8 +89,8 @@ def test_bare_code_takes_catalog_text() -> None:
         (
             "rules:\n  - on: rctp\n    reply: 550\n",
             "s.yaml:2: on: unknown stage 'rctp'; did you mean 'rcpt'? (allowed: connect, helo, "
-            "ehlo, starttls, auth, mail, rcpt, data, end_of_data, rset, noop, vrfy, expn, help, "
-            "quit, unknown)",
+            "ehlo, starttls, auth, mail, rcpt, data, bdat, end_of_data, rset, noop, vrfy, expn, "
+            "help, quit, unknown)",
         ),
         (
             "rules:\n  - on: rcpt\n    reply: 612 nope\n",
@@ -148,12 +148,12 @@ def test_bare_code_takes_catalog_text() -> None:
         (
             "server:\n  extensions: [PIPELINING, CHUNKY]\n",
             "s.yaml:2: server.extensions: unknown extension 'CHUNKY' (allowed: 8BITMIME, "
-            "DSN, ENHANCEDSTATUSCODES, PIPELINING, SMTPUTF8)",
+            "BINARYMIME, CHUNKING, DSN, ENHANCEDSTATUSCODES, PIPELINING, SMTPUTF8)",
         ),
         (
-            "server:\n  extensions: [PIPELINING, CHUNKING]\n",
-            "s.yaml:2: server.extensions: CHUNKING needs BDAT (RFC 3030), which fakesmtp does "
-            "not speak yet",
+            "server:\n  extensions: [PIPELINING, BINARYMIME]\n",
+            "s.yaml:2: server.extensions: BINARYMIME needs CHUNKING: binary messages are sent "
+            "with BDAT only (allowed: add CHUNKING, or remove BINARYMIME)",
         ),
         (
             "server:\n  extensions: [SIZE]\n",
@@ -217,7 +217,7 @@ def test_every_problem_in_a_file_is_reported() -> None:
     assert message.splitlines() == [
         "s.yaml:4: reply: reply code 612 is not between 200 and 599 (allowed: 200 to 599)",
         "s.yaml:5: on: unknown stage 'nowhere' (allowed: connect, helo, ehlo, starttls, auth, "
-        "mail, rcpt, data, end_of_data, rset, noop, vrfy, expn, help, quit, unknown)",
+        "mail, rcpt, data, bdat, end_of_data, rset, noop, vrfy, expn, help, quit, unknown)",
     ]
 
 

@@ -27,6 +27,11 @@ ROUTES: dict[Stage, tuple[list[str], str | None]] = {
         ["EHLO client.test", "MAIL FROM:<alice@client.test>", "RCPT TO:<bob@mx.test>"],
         "DATA",
     ),
+    # A first chunk (not LAST) of 7 octets: the CRLF the route adds is its last two.
+    Stage.BDAT: (
+        ["EHLO client.test", "MAIL FROM:<alice@client.test>", "RCPT TO:<bob@mx.test>"],
+        "BDAT 7\r\nHello.",
+    ),
     Stage.END_OF_DATA: (
         ["EHLO client.test", "MAIL FROM:<alice@client.test>", "RCPT TO:<bob@mx.test>", "DATA"],
         "Subject: stages\r\n\r\nHello.\r\n.",
@@ -50,6 +55,7 @@ NORMAL = {
     Stage.MAIL: "250 2.1.0 Ok",
     Stage.RCPT: "250 2.1.5 Ok",
     Stage.DATA: "354 End data with <CR><LF>.<CR><LF>",
+    Stage.BDAT: "250 2.0.0 Ok: 7 octets received",
     Stage.END_OF_DATA: "250 2.0.0 Ok: queued as ",
     Stage.RSET: "250 2.0.0 Ok",
     Stage.NOOP: "250 2.0.0 Ok",
@@ -62,6 +68,7 @@ NORMAL = {
 
 SERVER = """
 server:
+  extensions: [PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, CHUNKING]
   idle_timeout: 0.6s
   tls: {starttls: true}
   auth: {mechanisms: [PLAIN, LOGIN, CRAM-MD5], users: {alice: s3cret}}

@@ -66,6 +66,7 @@ class Profile:
         # Only what this scenario offers: STARTTLS and AUTH when they are configured.
         offered = set(VERB_STAGES) - ({"STARTTLS"} if starttls is None else set())
         offered -= {"AUTH"} if s.auth is None else set()
+        offered -= {"BDAT"} if "CHUNKING" not in self.extensions else set()
         self.help = fixed_reply(
             214, "2.0.0", f"Commands: {' '.join(sorted(offered))}; see RFC 5321"
         )
@@ -101,7 +102,14 @@ class Profile:
             lines.append("PIPELINING")
         if s.size_limit:
             lines.append(f"SIZE {s.size_limit}")
-        for name in ("8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"):
+        for name in (
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "DSN",
+            "CHUNKING",
+            "BINARYMIME",
+        ):
             if name in self.extensions:
                 lines.append(name)
         if self.starttls is not None and not tls_active:

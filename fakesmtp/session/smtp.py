@@ -33,6 +33,8 @@ _PATH_RE = re.compile(
 )
 _ADDRESS_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
 _PARAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(=[^=\s\x00-\x1f\x7f]+)?$")
+# RFC 3030 2: "BDAT" SP chunk-size [SP "LAST"]; a size of 20 digits is already absurd.
+_BDAT_RE = re.compile(r"^(\d{1,20})(?:[ \t]+(LAST))?$", re.IGNORECASE)
 _MASK = "****"
 _SILENT = (Action.DROP, Action.RESET, Action.HANG)
 
@@ -54,6 +56,12 @@ def _printable(text: str) -> str:
     if text.isascii() or text.isprintable():
         return text
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _refuses(decision: Decision) -> bool:
+    """The rule says no (or ends the connection): not a reply that lets the command through."""
+    reply = decision.reply
+    return decision.action is not None or (reply is not None and not reply.positive)
 
 
 class SessionOver(Exception):
@@ -99,6 +107,8 @@ class ScenarioSMTP:
         self.declared_size = 0
         self.smtputf8 = False
         self.rcpt_attempted = False
+        self.chunks: bytearray | None = None  # a BDAT message under way (RFC 3030)
+        self.binarymime = False  # MAIL said BODY=BINARYMIME: only BDAT may carry it
         self.errors = 0
         self.awaiting_command = False
         self.closing = False  # a reply-less end (drop, reset, hang) or a close is under way
@@ -651,6 +661,7 @@ class ScenarioSMTP:
         extensions = self.profile.extensions
         settings = self.profile.settings
         self.smtputf8 = False
+        self.binarymime = False
         self.declared_size = 0
         if params and not self.extended:
             await self.refuse(Stage.MAIL, shown, 501, "5.5.4", "Syntax: MAIL FROM:<address>")
@@ -673,6 +684,8 @@ class ScenarioSMTP:
                 and value.upper() in ("7BIT", "8BITMIME")
             ):
                 pass
+            elif name == "BODY" and "BINARYMIME" in extensions and value.upper() == "BINARYMIME":
+                self.binarymime = True
             elif name == "SMTPUTF8" and "SMTPUTF8" in extensions and not value:
                 self.smtputf8 = True
             elif name in ("RET", "ENVID") and "DSN" in extensions and value:
@@ -740,6 +753,14 @@ class ScenarioSMTP:
             await self.refuse(Stage.DATA, shown, 503, "5.5.1", "Error: need RCPT command")
         if arg:
             await self.refuse(Stage.DATA, shown, 501, "5.5.4", "Syntax: DATA")
+        # RFC 3030 2 and 3: one transaction uses DATA or BDAT, never both, and a BINARYMIME
+        # body cannot travel in DATA's dot-terminated lines.
+        if self.chunks is not None:
+            await self.refuse(Stage.DATA, shown, 503, "5.5.1", "Error: DATA after BDAT")
+        if self.binarymime:
+            await self.refuse(
+                Stage.DATA, shown, 503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA"
+            )
         # Only a 3xx lets the client send the message; after a 2xx its lines are read as commands.
         if (await self.answer(Stage.DATA, shown, self.profile.data_go)).code // 100 != 3:
             return
@@ -756,6 +777,105 @@ class ScenarioSMTP:
         finally:
             facts.new_transaction()
             self._new_transaction()
+
+    async def smtp_BDAT(self, arg: str, shown: str) -> None:
+        """RFC 3030: ``BDAT size [LAST]`` and exactly ``size`` octets; one reply per chunk.
+
+        The chunk is always read before the reply, even when it is refused (RFC 3030 2: the
+        receiver accepts and discards the data of a failed BDAT, including chunks already
+        pipelined after it). Each chunk is decided at the ``bdat`` stage; after the LAST one
+        the whole message is decided at ``end_of_data`` and kept exactly as DATA keeps it.
+        """
+        facts = self.facts
+        profile = self.profile
+        assert facts is not None
+        if "CHUNKING" not in profile.extensions:
+            await self._unknown(shown)  # not offered: a verb like any unknown one
+            return
+        syntax = _BDAT_RE.match(arg)
+        if syntax is None:
+            # Without a size nobody knows where the chunk ends: what follows is read as commands.
+            await self.refuse(Stage.BDAT, shown, 501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
+            return
+        size, last = int(syntax[1]), syntax[2] is not None
+        problem = self._bdat_problem()
+        limit = profile.settings.size_limit
+        too_big = problem is None and bool(limit) and facts.received + size > limit
+        try:
+            chunk = await self.wire.read_exactly(size, keep=problem is None and not too_big)
+        except Closed:
+            self.end_reason = "client vanished during BDAT"
+            raise SessionOver from None
+        if problem is not None:
+            await self.refuse(Stage.BDAT, shown, *problem)
+        if too_big:
+            self._end_message()
+            await self.send(
+                Stage.BDAT,
+                shown,
+                fixed_reply(552, "5.3.4", "Message size exceeds fixed maximum message size"),
+            )
+            return
+        if self.chunks is None:
+            self.chunks = bytearray()
+        self.chunks += chunk
+        facts.received += size
+        engine = profile.engine
+        decision = engine.decide(Stage.BDAT, facts)
+        note = engine.why_not(Stage.BDAT, facts) if decision is None else None
+        if not last or (decision is not None and _refuses(decision)):
+            default = fixed_reply(250, "2.0.0", f"Ok: {size} octets received")
+            try:
+                reply = await self.respond(Stage.BDAT, shown, default, decision, note=note)
+            except SessionOver:
+                self._end_message()
+                raise
+            if not reply.positive:  # a refused chunk fails the whole message
+                self._end_message()
+            elif last:
+                await self._last_chunk()
+            return
+        if decision is not None and decision.delay:
+            await self._pause(decision.delay)
+        self.log(Stage.BDAT, shown, None, None, "last chunk: the reply is end_of_data's")
+        await self._last_chunk()
+
+    def _bdat_problem(self) -> tuple[int, str, str] | None:
+        """Why a BDAT cannot be taken now (RFC 5321/3030 order of checks), or None."""
+        facts = self.facts
+        settings = self.profile.settings
+        assert facts is not None
+        if facts.helo is None:
+            return 503, "5.5.1", "Error: send HELO/EHLO first"
+        if settings.tls.required and not facts.tls:
+            return 530, "5.7.0", "Must issue a STARTTLS command first"
+        if settings.auth is not None and settings.auth.required and facts.user is None:
+            return 530, "5.7.0", "Authentication required"
+        if facts.sender is None:
+            return 503, "5.5.1", "Error: need MAIL command"
+        if not facts.recipients:
+            if self.rcpt_attempted:
+                return 554, "5.5.1", "Error: no valid recipients"
+            return 503, "5.5.1", "Error: need RCPT command"
+        return None
+
+    async def _last_chunk(self) -> None:
+        """The LAST chunk came: the message is whole, and is answered as after DATA's dot."""
+        facts = self.facts
+        assert facts is not None and self.chunks is not None
+        raw = bytes(self.chunks)
+        self.chunks = None
+        facts.raw = raw
+        try:
+            await self.answer_message(raw)
+        finally:
+            self._end_message()
+
+    def _end_message(self) -> None:
+        """The message is over (kept, refused or abandoned): so is the transaction."""
+        assert self.facts is not None
+        self.facts.new_transaction()
+        self._new_transaction()
 
     def banner(self, profile: Profile) -> Reply:
         """The greeting (LMTP says LMTP)."""
@@ -808,6 +928,8 @@ class ScenarioSMTP:
             raise SessionOver from None
 
     def _new_transaction(self) -> None:
+        self.chunks = None
+        self.binarymime = False
         self.mail_options = []
         self.rcpt_options = {}
         self.declared_size = 0

@@ -269,14 +269,25 @@ class Wire(asyncio.Protocol):
                 self.limit(started + min(whole, allowance if rate else whole), "DATA deadline")
             await self._more()
 
-    async def read_exactly(self, size: int) -> bytes:
-        """Exactly ``size`` bytes (a BDAT chunk); raises ``Closed`` if the client leaves first."""
-        while len(self._buffer) < size:
-            await self._more()
-        chunk = bytes(self._buffer[:size])
-        self._consume(size)
-        self.touch()
-        return chunk
+    async def read_exactly(self, size: int, *, keep: bool = True) -> bytes:
+        """Exactly ``size`` bytes (a BDAT chunk); raises ``Closed`` if the client leaves first.
+
+        Taken from the buffer as they come, so reading never pauses for a chunk larger than
+        the buffer; with ``keep`` False they are read and dropped (a chunk being refused).
+        """
+        data = bytearray()
+        left = size
+        while left:
+            if not self._buffer:
+                await self._more()
+                continue
+            take = min(left, len(self._buffer))
+            if keep:
+                data += self._buffer[:take]
+            self._consume(take)
+            left -= take
+            self.touch()  # a client sending a long chunk is not idle
+        return bytes(data)
 
     def discard_input(self) -> None:
         """Forget everything received and not yet read (RFC 3207 4.2, after STARTTLS's 220)."""
