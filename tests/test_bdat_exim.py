@@ -7,10 +7,11 @@ fakesmtp, and delivers one message in the foreground (``-odf``). The same messag
 server offering CHUNKING and once to one that does not: what fakesmtp keeps must be the same
 bytes either way (only Exim's own Received header differs).
 
-Set FAKESMTP_EXIM_ROOT to the unpacked tree (``.ci/run`` does: apt-get download
-exim4-daemon-light exim4-base libidn12 libnss-wrapper, then dpkg -x); skipped, with the reason,
-without it. Exim's compiled-in user is Debian-exim: where it does not exist, nss_wrapper (from
-the same tree) gives Exim a passwd file that has it, so nothing on the machine is changed.
+Set TEST_EXIM_ROOT (not a FAKESMTP_ name: those belong to the CLI) to the unpacked tree
+(``.ci/run`` does: apt-get download exim4-daemon-light exim4-base libidn12 libnss-wrapper, then
+dpkg -x); skipped, with the reason, without it. Exim's compiled-in user is Debian-exim: where
+it does not exist, nss_wrapper (from the same tree) gives Exim a passwd file that has it, so
+nothing on the machine is changed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 
 from fakesmtp import FakeSMTP
 
-ROOT = Path(os.environ.get("FAKESMTP_EXIM_ROOT", "/nonexistent"))
+ROOT = Path(os.environ.get("TEST_EXIM_ROOT", "/nonexistent"))
 EXIM = ROOT / "usr/sbin/exim4"
 LIBS = ROOT / "usr/lib/x86_64-linux-gnu"
 NSS_WRAPPER = LIBS / "libnss_wrapper.so"
@@ -36,7 +37,7 @@ NSS_WRAPPER = LIBS / "libnss_wrapper.so"
 def _why_not() -> str | None:
     if not EXIM.exists():
         return (
-            "Exim not found: set FAKESMTP_EXIM_ROOT to a dpkg -x of Debian's exim4-daemon-light "
+            "Exim not found: set TEST_EXIM_ROOT to a dpkg -x of Debian's exim4-daemon-light "
             "and exim4-base (see .ci/run)"
         )
     if os.geteuid() != 0:
