@@ -24,6 +24,7 @@ from .counters import CounterStore, MemoryCounters, OpenSessions
 from .patterns import TextMatcher
 from .reply import Reply
 from .scenario import Match, Rule, Scenario
+from .stagefilter import stage_filter
 from .stages import MESSAGE_KEYS, Action, Per, Stage
 
 
@@ -50,6 +51,7 @@ class Facts:
     sessions: OpenSessions | None = None
     _message: EmailMessage | None = None
     _headers: EmailMessage | None = None
+    _subject: str | bool | None = False  # False: not looked up yet
 
     @property
     def size(self) -> int:
@@ -74,6 +76,17 @@ class Facts:
             self._headers = parser.parsebytes(self.raw or b"")  # type: ignore[assignment]
         return self._headers  # type: ignore[return-value]
 
+    @property
+    def subject(self) -> str | None:
+        """The Subject header, decoded. A plain ASCII one is read straight off the bytes; any
+        other (encoded words, 8-bit, a header section the parser would end early) is parsed."""
+        if self._subject is False:
+            self._subject = _plain_subject(self.raw or b"")
+            if self._subject is False:
+                value = self.headers.get("subject")
+                self._subject = None if value is None else str(value)
+        return self._subject  # type: ignore[return-value]
+
     def new_transaction(self) -> None:
         """RSET, HELO/EHLO or the end of a message: the envelope is gone."""
         self.sender = None
@@ -83,6 +96,32 @@ class Facts:
         self.received = 0
         self._message = None
         self._headers = None
+        self._subject = False
+
+
+# A header section's lines: "Name: value" or a folded continuation.
+_HEADER_LINES_RE = re.compile(rb"(?:(?:[!-9;-~]+:|[ \t])[^\n]*\n)*")
+_SUBJECT_RE = re.compile(rb"^subject:[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)", re.I | re.M)
+_FOLD_RE = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def _plain_subject(raw: bytes) -> str | bool | None:
+    """The Subject of a message whose header section is plain ASCII, without the parser:
+    its text, or None when there is none; False when only the parser can tell."""
+    end = raw.find(b"\r\n\r\n")
+    section = raw if end < 0 else raw[: end + 2]
+    found = _SUBJECT_RE.search(section)
+    if found is None:
+        lines = _HEADER_LINES_RE.match(section)
+        whole = lines is not None and lines.end() == len(section)
+        return None if whole and section.isascii() else False
+    value = found.group(1)
+    if b"=?" in value or not value.isascii():
+        return False  # encoded words or 8-bit text: the parser decodes them
+    lines = _HEADER_LINES_RE.match(section, 0, found.start())
+    if lines is None or lines.end() != found.start():
+        return False  # a line the parser would take for the end of the headers
+    return _FOLD_RE.sub(b"", value).rstrip(b"\r").decode("ascii")  # kept as the parser keeps it
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +171,8 @@ Steps = Generator[Count, int, "Decision | None"]
 class _State:
     """The mutable side of one scenario: reset() replaces it in one assignment."""
 
-    __slots__ = ("by_stage", "checks", "held", "index", "keys", "rng", "scenario")
+    __slots__ = ("by_stage", "checks", "filters", "held", "index", "keys", "rejected", "rng",
+                 "scenario")  # fmt: skip
 
     def __init__(self, scenario: Scenario, previous: _State | None = None) -> None:
         self.scenario = scenario
@@ -147,6 +187,11 @@ class _State:
         }
         self.index = {id(rule): n for n, rule in enumerate(scenario.rules)}
         self.checks = {id(rule): _compile_checks(rule.match, rule.per) for rule in scenario.rules}
+        # One regex per stage, where the rules allow it, says at once that none applies.
+        self.filters = {
+            stage: found for stage, rules in self.by_stage.items() if (found := stage_filter(rules))
+        }
+        self.rejected: Stage | None = None  # the stage the last decision's filter turned away
         self.rng = random.Random(scenario.seed)
         # The counts of the last decision that fired nothing, for why_not() to report.
         self.held: dict[int, int] = {}
@@ -198,7 +243,8 @@ class Engine:
     def decide(self, stage: Stage, facts: Facts) -> Decision | None:
         """The first rule for ``stage`` that matches and fires, else the address reply."""
         state = self._state
-        if stage not in state.by_stage:  # the common case: no generator, no counting
+        if stage not in state.by_stage or self._filtered(state, stage, facts):
+            # The common cases: no rules here, or none can match. No generator, no counting.
             if state.scenario.server.address_replies:
                 return _address_decision(stage, facts)
             return None
@@ -216,6 +262,10 @@ class Engine:
     async def decide_async(self, stage: Stage, facts: Facts) -> Decision | None:
         """As decide(), for a counter store whose hit() must be awaited."""
         state = self._state
+        if stage in state.filters and self._filtered(state, stage, facts):
+            if state.scenario.server.address_replies:
+                return _address_decision(stage, facts)
+            return None
         steps = self._steps(state, stage, facts)
         try:
             count = next(steps)
@@ -228,6 +278,16 @@ class Engine:
                 count = steps.send(total)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _filtered(state: _State, stage: Stage, facts: Facts) -> bool:
+        """True when the stage's filter shows that none of its rules can match ``facts``."""
+        found = state.filters.get(stage)
+        if found is not None and found.none_can_match(stage, facts):
+            state.held, state.rejected = {}, stage
+            return True
+        state.rejected = None
+        return False
 
     def _steps(self, state: _State, stage: Stage, facts: Facts) -> Steps:
         held: dict[int, int] = {}
@@ -272,6 +332,8 @@ class Engine:
         rules = state.by_stage.get(stage, ())
         if not rules:
             return None
+        if state.rejected is stage and limit == 3:  # every rule failed on its one condition
+            return state.filters[stage].note
         reasons = []
         for rule in rules[:limit]:
             failed = self._failed_keys(rule, stage, facts)
@@ -440,8 +502,8 @@ def _check_subject(match: Match) -> Check:
     assert pattern is not None
 
     def check(stage: Stage, facts: Facts) -> bool:
-        subject = facts.headers.get("subject")
-        return subject is not None and pattern(str(subject))
+        subject = facts.subject
+        return subject is not None and pattern(subject)
 
     return check
 

@@ -40,7 +40,20 @@ def compile_text(spec: str | Sequence[str]) -> TextMatcher:
     if isinstance(spec, str):
         return _compile_one(spec)
     matchers = tuple(_compile_one(item) for item in spec)
-    return lambda value: any(m(value) for m in matchers)
+    matcher = lambda value: any(m(value) for m in matchers)  # noqa: E731
+    globs = [getattr(m, "globs", None) for m in matchers]
+    if all(globs):
+        matcher.globs = tuple(g for some in globs for g in some)  # type: ignore[attr-defined,union-attr]
+    return matcher
+
+
+def _glob(matcher: TextMatcher, spec: str) -> TextMatcher:
+    """Note on a glob's matcher the glob it stands for, so that the engine can join a stage's
+    globs into one regex (stagefilter.py). Only ASCII ones: there casefold() and RE2's
+    case-insensitive matching surely agree."""
+    if spec.isascii():
+        matcher.globs = (spec,)  # type: ignore[attr-defined]
+    return matcher
 
 
 def _compile_one(spec: str) -> TextMatcher:
@@ -59,13 +72,13 @@ def _compile_one(spec: str) -> TextMatcher:
         return lambda value: compiled.search(value) is not None
     if not any(ch in spec for ch in "*?["):
         wanted = spec.casefold()
-        return lambda value: value.casefold() == wanted
+        return _glob(lambda value: value.casefold() == wanted, spec)
     # Addresses and host names compare case-insensitively, so globs do too.
     simple = _simple_glob(spec.casefold())
     if simple is not None:
-        return simple
+        return _glob(simple, spec)
     compiled = compile_re2(glob_to_re2(spec), spec)
-    return lambda value: compiled.fullmatch(value) is not None
+    return _glob(lambda value: compiled.fullmatch(value) is not None, spec)
 
 
 def _simple_glob(glob: str) -> TextMatcher | None:

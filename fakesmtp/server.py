@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import itertools
 import logging
@@ -124,9 +125,15 @@ class ConsoleLine:
         return f"{_clock(exchange.at)} [{session.id}] {session.client} {command} -> {reply}{rule}"
 
 
+@functools.lru_cache(maxsize=4)
+def _second(second: int) -> str:
+    # Formatting local time is the console line's dearest part: once per second is enough.
+    return time.strftime("%H:%M:%S", time.localtime(second))
+
+
 def _clock(at: float | None) -> str:
     at = at or time.time()
-    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+    return f"{_second(int(at))}.{int(at % 1 * 1000):03d}"
 
 
 class FakeSMTP:

@@ -189,6 +189,7 @@ def test_workers_write_one_store_directory_and_no_capture_only_counts(tmp_path: 
         assert served.stop()[0] == 0
 
 
+@pytest.mark.slow
 def test_workers_auto_is_one_per_cpu() -> None:
     served = Workers("--workers", "auto")
     try:
