@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,6 +47,10 @@ class Api:
         timeout: float = 10.0,
         raw: bool = False,
     ) -> Any:
+        # Imported here: `fakesmtp serve` loads this module too, and starts sooner without it.
+        import urllib.error
+        import urllib.request
+
         params = {k: v for k, v in (query or {}).items() if v is not None}
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
         request = urllib.request.Request(url, method=method)

@@ -16,7 +16,6 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -974,6 +973,14 @@ def _load_text_cached(text: str, source: str) -> Scenario:
 
 def builtin_dir() -> Path:
     """Where the built-in scenarios are: in the wheel, or at the top of a source checkout."""
+    # An installed wheel has them beside this file, a checkout one level up: no need to ask
+    # importlib.resources (its import alone costs a start-up ~10 ms).
+    here = Path(__file__).resolve().parent
+    for directory in (here / "scenarios", here.parent / "scenarios"):
+        if (directory / "default.yaml").is_file():
+            return directory
+    from importlib import resources
+
     packaged = resources.files("fakesmtp").joinpath("scenarios")
     if packaged.is_dir():
         return Path(str(packaged))

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ log = logging.getLogger("fakesmtp.store")
 
 def new_id() -> str:
     """A short unique id; also what "queued as" shows."""
-    return uuid.uuid4().hex[:12].upper()
+    return os.urandom(6).hex().upper()  # as random as uuid4's bits, without importing uuid
 
 
 @dataclass(slots=True)
@@ -597,7 +596,7 @@ def _write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
     captured mail is nobody else's business on a shared machine.
     """
     # A name of its own per write: two writes of one file never share a temporary.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -648,7 +647,7 @@ class DirStore(MemoryStore):
             _private_dir(self.directory)
             _private_dir(self._message_dir)
             _private_dir(self._session_dir)
-            probe = self.directory / f".probe-{uuid.uuid4().hex[:8]}"
+            probe = self.directory / f".probe-{os.urandom(4).hex()}"
             _write_durably(probe, b"", sync=False)
             probe.unlink()
         except OSError as error:

@@ -9,7 +9,6 @@ otherwise the nearest spelling wins.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 # Words people write for one of ours; the first target that is among the choices wins, so
@@ -72,6 +71,8 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     for target in ALIASES.get(wanted, ()):
         if target in by_normal and by_normal[target] != word:
             return by_normal[target]
+    import difflib  # only a mistake pays for it
+
     near = difflib.get_close_matches(wanted, list(by_normal), n=1, cutoff=0.6)
     if near and by_normal[near[0]] != word:
         return by_normal[near[0]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
-import tempfile
 from functools import lru_cache
 
 
@@ -26,6 +25,8 @@ def server_context(
 def _load_from_memory(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     # ssl only loads chains from files: write them to a private temporary file, load, delete,
     # so nothing is left behind.
+    import tempfile  # (only TLS needs it: a server without TLS starts without it)
+
     fd, path = tempfile.mkstemp(prefix="fakesmtp-", suffix=".pem")
     try:
         with os.fdopen(fd, "wb") as handle:

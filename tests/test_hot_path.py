@@ -123,7 +123,8 @@ def test_a_filtered_stage_still_counts_and_says_why_not_over_smtp(
         assert client.rcpt("nobody@else.test")[0] == 250
         client.data(b"Subject: Urgent offer\r\n\r\nhi\r\n")
     transcript = server.wait_for_sessions(1)[0].exchanges
-    missed = [e for e in transcript if (e.command or "").lower() == "rcpt to:<nobody@else.test>"][0]
+    wanted = "rcpt to:<nobody@else.test>"
+    missed = next(e for e in transcript if (e.command or "").lower() == wanted)
     assert missed.note == (
         "no rule fired (rcpt rule at <text>:3: to did not match; rcpt rule at <text>:6: to did "
         "not match; rcpt rule at <text>:9: to did not match; and 19 more)"
@@ -165,8 +166,7 @@ def test_a_plain_subject_reads_as_the_parser_reads_it(raw: bytes) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    before=st.lists(st.sampled_from([b"From: a@x.test", b"X-Y: z", b"  folded", b"To: b"]),
-                    max_size=3),  # fmt: skip
+    before=st.lists(st.sampled_from([b"From: a", b"X-Y: z", b"  folded", b"To: b"]), max_size=3),
     subject=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
     fold=st.booleans(),
 )

@@ -21,7 +21,8 @@ LAYERS = [
     {"yaml_errors", "access", "cli_env"},
     {"catalog", "scenario", "transcript"},
     {"store", "metrics", "mailview", "search"},
-    {"engine", "counters", "redis_counters"},  # counters names engine.Facts for type checkers only
+    # counters and stagefilter name engine.Facts for type checkers only
+    {"engine", "counters", "redis_counters", "stagefilter"},
     {"session.wire", "session.auth", "session.profile", "session.runtime"},
     {"session.smtp", "session.lmtp", "session"},
     {"bounce"},
