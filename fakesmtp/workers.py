@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -41,6 +42,8 @@ from .scenario import Rule, Scenario
 from .server import FakeSMTP
 from .stages import Per
 from .store import CapturedMessage, MemoryStore, NoCaptureStore, SessionRecord
+
+log = logging.getLogger("fakesmtp.workers")
 
 READY_TIMEOUT = 60.0  # seconds a worker may take to start (imports, certificate, bind)
 _LENGTH = struct.Struct("!I")
@@ -464,40 +467,45 @@ class Supervisor(FakeSMTP):
         assert store is not None
         while (frame := await worker.channel.receive()) is not None:
             kind = frame[0]
-            if kind == "session":
-                store.open_session(SessionRecord.from_json(frame[1]))
-            elif kind == "message":
-                await self._keep(worker, frame[1], frame[2])
-            elif kind == "ended":
-                self._ended(SessionRecord.from_json(frame[1]))
-            elif kind == "metrics":
-                answer = self._requests.pop(frame[1], None)
-                if answer is not None and not answer.done():
-                    answer.set_result(frame[2])
-            elif kind == "ready":
-                worker.ready.set_result(frame[1])
+            try:
+                if kind == "session":
+                    store.open_session(SessionRecord.from_json(frame[1]))
+                elif kind == "message":
+                    await self._take_message(worker, frame[1], frame[2])
+                elif kind == "ended":
+                    self._take_ended(SessionRecord.from_json(frame[1]))
+                elif kind == "metrics":
+                    answer = self._requests.pop(frame[1], None)
+                    if answer is not None and not answer.done():
+                        answer.set_result(frame[2])
+                elif kind == "ready":
+                    worker.ready.set_result(frame[1])
+            except Exception as error:  # our bug: said once, and the worker keeps being heard
+                log.exception("worker %d: %s report not taken", worker.index + 1, kind)
+                if self.runtime is not None:
+                    self.runtime.errors.append(error)
         if not worker.ready.done():
             code = await asyncio.get_running_loop().run_in_executor(None, worker.process.wait)
             worker.ready.set_exception(
                 WorkersError(f"worker {worker.index + 1} exited with status {code} at start-up")
             )
 
-    async def _keep(self, worker: Worker, data: dict[str, Any], raw: bytes) -> None:
+    async def _take_message(self, worker: Worker, data: dict[str, Any], raw: bytes) -> None:
         store = self.store
         assert store is not None
-        message = CapturedMessage(raw=raw, **data)
-        record = store.session(message.session_id)
-        if record is None:  # already dropped past the store's limit: keep the message anyway
-            record = SessionRecord(id=message.session_id, client="", client_port=0)
         error = None
         try:
+            message = CapturedMessage(raw=raw, **data)
+            record = store.session(message.session_id)
+            if record is None:  # already dropped past the store's limit: keep the message
+                record = SessionRecord(id=message.session_id, client="", client_port=0)
             await store.save_message(message, record)
         except Exception as failure:  # the worker answers 451: nothing unkept gets a 250
             error = f"{type(failure).__name__}: {failure}"
         with contextlib.suppress(ConnectionError):
-            worker.channel.send("ack", message.id, error)
+            worker.channel.send("ack", data["id"], error)
 
-    def _ended(self, final: SessionRecord) -> None:
+    def _take_ended(self, final: SessionRecord) -> None:
         store = self.store
         assert store is not None
         record = store.session(final.id)
