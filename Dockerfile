@@ -14,9 +14,9 @@ WORKDIR /home/fakesmtp
 EXPOSE 1025 8025
 # The API answers other containers by the names given in FAKESMTP_SERVE_API_ALLOW_HOST (e.g. the
 # service name, space-separated) and wants FAKESMTP_SERVE_API_TOKEN when that is set; the health
-# check sends the same token.
+# check is the tool's own `wait-ready`, which sends the same token.
 HEALTHCHECK --interval=10s --timeout=3s \
-  CMD ["python", "-c", "import os, urllib.request as u; t = os.environ.get('FAKESMTP_SERVE_API_TOKEN'); u.urlopen(u.Request('http://127.0.0.1:8025/api/v1/health', headers={'Authorization': 'Bearer ' + t} if t else {}), timeout=2)"]
+  CMD ["fakesmtp", "wait-ready", "--timeout", "2"]
 # One console line per session: a container left running for hours should not log every
 # command. FAKESMTP_SERVE_LOG=exchange brings back a line per exchange.
 ENV FAKESMTP_SERVE_LOG=session

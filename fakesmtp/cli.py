@@ -9,11 +9,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
 from .cli_env import EnvGroup, from_environment, option_label, unknown_variables
+from .control import rules, wait_ready
 from .remote import messages, sessions
 from .scenario import (
     Problem,
@@ -229,6 +230,18 @@ def main() -> None:
     is_flag=True,
     help="Keep no messages or transcripts (load tests): /metrics and the console still count.",
 )
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Run in the background: return once listening, printing the PID (for CI jobs).",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Append the console lines to FILE (with --detach: else they are not kept).",
+)
+@click.option("--ready-file", hidden=True, help="Where --detach's child says it listens.")
 def serve(
     scenario: str | None,
     host: str,
@@ -254,6 +267,9 @@ def serve(
     workers: str,
     state: str | None,
     no_capture: bool,
+    detach: bool,
+    log_file: str | None,
+    ready_file: str | None,
 ) -> None:
     """Serve SMTP as the scenario says, one line per exchange.
 
@@ -265,6 +281,7 @@ def serve(
       fakesmtp serve --host 0.0.0.0 --store /var/lib/fakesmtp   # in a container
       fakesmtp serve --lmtp --port 2424 --scenario mailbox-full
       fakesmtp serve --workers auto --state redis://127.0.0.1:6379/0 --no-capture --quiet
+      fakesmtp serve --detach --log-file fakesmtp.log        # in a CI job: prints the PID
     """
     ctx = click.get_current_context()
     if scenario == "-":  # the scenario's YAML from standard input
@@ -273,6 +290,14 @@ def serve(
     if (cert is None) != (key is None):
         problems.append("--cert and --key go together: give both or neither")
     count = _worker_count(workers)
+    echo: bool | TextIO = not quiet
+    if log_file is not None and not detach:  # detached, the child's whole output goes there
+        if count > 1:
+            problems.append("--log-file takes one worker's lines: redirect the output instead")
+        try:
+            echo = open(log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as error:
+            problems.append(f"--log-file {log_file}: {error.strerror or error}")
     if no_capture and store is not None:
         problems.append("--no-capture keeps nothing: it cannot go with --store DIR")
     if state is not None:
@@ -306,14 +331,46 @@ def serve(
                 from .store import NoCaptureStore
 
                 options["store"] = NoCaptureStore()
-            server = FakeSMTP(scenario, echo=not quiet, echo_each=log_each, **options)
+            server = FakeSMTP(scenario, echo=echo, echo_each=log_each, **options)
     except ScenarioError as error:
         problems.extend(_named_by_option(ctx, error, scenario=scenario, banner=banner, ehlo=ehlo))
     if server is not None:
         problems.extend(_listen_problems(ctx, server))
     if problems:  # every problem at once, not one per attempt
         raise BadInput("\n".join(problems))
-    run_server(server, loop_kind)
+    if detach:
+        serve_detached(ctx, scenario, log_file)
+        return
+    run_server(server, loop_kind, ready_file)
+
+
+def serve_detached(ctx: click.Context, scenario: str | None, log_file: str | None) -> None:
+    """Start the same ``serve`` in the background; print its PID once it listens."""
+    from .background import DetachError, start
+
+    arguments = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        given = ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        if not given or name == "detach" or not isinstance(param, click.Option):
+            continue  # defaults and FAKESMTP_SERVE_* variables reach the child by themselves
+        value = scenario if name == "scenario" else ctx.params[name]  # `-`: the text read
+        if param.is_flag:
+            if value:
+                arguments.append(param.opts[0])
+            continue
+        for item in value if param.multiple else (value,):
+            arguments += [param.opts[0], str(item)]
+    try:
+        pid, info = start(arguments, log_file)
+    except DetachError as error:
+        click.echo(f"fakesmtp serve --detach: the server did not start:\n{error.message}", err=True)
+        sys.exit(error.status)
+    click.echo(pid)  # alone on stdout: PID=$(fakesmtp serve --detach)
+    api = f", API on {info['api']}" if info.get("api") else ""
+    click.echo(
+        f"fakesmtp: serving in the background, PID {pid}: SMTP on {info['smtp']}{api}", err=True
+    )
 
 
 def _named_by_option(ctx: click.Context, error: ScenarioError, **values: str | None) -> list[str]:
@@ -415,7 +472,7 @@ def raise_open_file_limit() -> None:
         pass  # not on this platform, or not allowed: keep what we have
 
 
-def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
+def run_server(server: FakeSMTP, loop_kind: str = "auto", ready_file: str | None = None) -> None:
     """Run in the foreground until Ctrl-C or SIGTERM, then shut down cleanly (exit 0)."""
     from .eventloop import LoopUnavailable, loop_factory, loop_name
 
@@ -459,6 +516,17 @@ def run_server(server: FakeSMTP, loop_kind: str = "auto") -> None:
             f" - Ctrl-C to stop"
         )
         sys.stdout.flush()
+        if ready_file is not None:  # serve --detach's parent is waiting for this
+            from .background import write_ready
+
+            write_ready(
+                ready_file,
+                {
+                    "pid": os.getpid(),
+                    "smtp": f"{server.host}:{server.port}",
+                    "api": f"http://{server.api_host}:{server.api_port}/" if api else None,
+                },
+            )
         await task
 
     try:
@@ -760,6 +828,8 @@ def from_bounce(
 
 main.add_command(messages)
 main.add_command(sessions)
+main.add_command(wait_ready)
+main.add_command(rules)
 
 
 def _record_line(kind: str, session: Any, err: bool) -> None:

@@ -27,6 +27,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class ApiUnreachable(click.ClickException):
     """The server's API did not answer, or answered with an error: one line, exit status 1."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status when the server answered with an error
+
     def show(self, file: object = None) -> None:
         click.echo(f"fakesmtp: {self.format_message()}", err=True)
 
@@ -46,6 +50,7 @@ class Api:
         *,
         timeout: float = 10.0,
         raw: bool = False,
+        body: bytes | None = None,
     ) -> Any:
         # Imported here: `fakesmtp serve` loads this module too, and starts sooner without it.
         import urllib.error
@@ -53,7 +58,9 @@ class Api:
 
         params = {k: v for k, v in (query or {}).items() if v is not None}
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        request = urllib.request.Request(url, method=method)
+        request = urllib.request.Request(url, data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", "application/yaml")  # YAML, and so JSON too
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -61,12 +68,15 @@ class Api:
                 body = response.read()
         except urllib.error.HTTPError as error:
             try:
-                reason = json.loads(error.read() or b"{}").get("error") or error.reason
-            except ValueError:
+                answer = json.loads(error.read() or b"{}")
+                reason = answer.get("error") or error.reason
+                # An invalid rule or scenario: each problem on its own line, as validate says
+                reason = "\n".join([reason, *(p["text"] for p in answer.get("problems", ()))])
+            except (ValueError, AttributeError, KeyError, TypeError):
                 reason = error.reason
             if error.code == 401:
                 reason = f"{reason} (give the server's token: --api-token or FAKESMTP_API_TOKEN)"
-            raise ApiUnreachable(f"{method} {url}: {error.code} {reason}") from None
+            raise ApiUnreachable(f"{method} {url}: {error.code} {reason}", error.code) from None
         except (urllib.error.URLError, OSError) as error:
             why = getattr(error, "reason", error)
             raise ApiUnreachable(
