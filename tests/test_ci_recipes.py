@@ -135,6 +135,7 @@ def fakesmtp_command() -> list[str]:
     return [FAKESMTP] if FAKESMTP else [sys.executable, "-m", "fakesmtp"]
 
 
+@pytest.mark.slow
 def test_serve_detach_returns_once_listening_with_the_pid(tmp_path: Path) -> None:
     log = tmp_path / "fakesmtp.log"
     result = subprocess.run(
@@ -192,6 +193,7 @@ def test_wait_ready_and_rules_commands() -> None:
     assert gone.exit_code == 1 and "not ready after 0.3s" in gone.output
 
 
+@pytest.mark.slow
 def test_dockerfile_health_check_is_wait_ready_with_the_token() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     check = json.loads(re.search(r"^\s+CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
