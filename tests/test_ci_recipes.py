@@ -1,7 +1,7 @@
 """The README's CI recipes, run as written; ``serve --detach``, ``wait-ready``, ``rules``.
 
 The recipes' shell lines are taken from the README and run verbatim with bash, in a fresh venv,
-with ``FAKESMTP_REPO`` pointing at this checkout and the ports chosen through the environment
+with ``SMTP_MOCK_REPO`` pointing at this checkout and the ports chosen through the environment
 (``FAKESMTP_SERVE_PORT``...), as any option can be: what a CI job runs, on free ports.
 """
 
@@ -85,7 +85,7 @@ def run_recipe(script: str, env: dict[str, str], venv: Path, workdir: Path) -> I
         **{k: str(v) for k, v in env.items()},
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "VIRTUAL_ENV": str(venv),
-        "FAKESMTP_REPO": ROOT.as_uri(),  # this checkout instead of the hosted repository
+        "SMTP_MOCK_REPO": ROOT.as_uri(),  # this checkout instead of the hosted repository
         "FAKESMTP_SERVE_PORT": str(smtp_port),
         "FAKESMTP_SERVE_API_PORT": str(api_port),
         "FAKESMTP_API": f"http://127.0.0.1:{api_port}",
@@ -100,6 +100,7 @@ def run_recipe(script: str, env: dict[str, str], venv: Path, workdir: Path) -> I
     try:
         assert result.returncode == 0, output
         assert len(pids) == 1, output
+        assert "warning" not in output, output  # e.g. a variable of the recipe mistaken for ours
         assert f"fakesmtp ready: SMTP on 127.0.0.1:{smtp_port}" in result.stdout, output
         yield smtp_port
     finally:
