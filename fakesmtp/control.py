@@ -34,7 +34,7 @@ def api_of(api: str, token: str | None) -> Api:
 )
 @api_options
 def wait_ready(timeout: float, api: str, api_token: str | None, as_json: bool) -> None:
-    """Wait until a fakesmtp server answers on its API; exit 0 then, 1 on timeout.
+    """Wait until a server's API answers (exit 1 on timeout).
 
     \b
     Examples:
@@ -65,7 +65,9 @@ def wait_ready(timeout: float, api: str, api_token: str | None, as_json: bool) -
 
 @click.group(cls=EnvGroup)
 def rules() -> None:
-    """Add, list and remove rules on a running server, without replacing its scenario.
+    """Add, list, remove rules on a running server.
+
+    Its scenario stays; the added rules are tried before the scenario's own.
 
     \b
     Examples:
@@ -77,8 +79,6 @@ def rules() -> None:
       fakesmtp rules list
       fakesmtp rules delete 3
       fakesmtp rules delete --all
-
-    Added rules are tried before the scenario's own, in the order they were added.
     """
 
 
@@ -86,7 +86,7 @@ def rules() -> None:
 @click.argument("rule")
 @api_options
 def rules_add(rule: str, api: str, api_token: str | None, as_json: bool) -> None:
-    """Add RULE (YAML or JSON text, a file, or - for stdin); prints its id."""
+    """Add a rule (YAML/JSON text, a file, or -); prints its id."""
     if rule == "-":
         text = sys.stdin.read()
     elif ":" in rule or "{" in rule:
@@ -104,7 +104,7 @@ def rules_add(rule: str, api: str, api_token: str | None, as_json: bool) -> None
 @rules.command("list")
 @api_options
 def rules_list(api: str, api_token: str | None, as_json: bool) -> None:
-    """The added rules, in the order they are tried: id, stage, what they do."""
+    """The added rules, in the order they are tried."""
     found = api_of(api, api_token).call("GET", "/api/v1/rules")["rules"]
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -122,7 +122,7 @@ def rules_list(api: str, api_token: str | None, as_json: bool) -> None:
 def rules_delete(
     ids: tuple[str, ...], everything: bool, api: str, api_token: str | None, as_json: bool
 ) -> None:
-    """Remove added rules by id (the scenario's own stay)."""
+    """Remove added rules by id, or --all."""
     if everything == bool(ids):
         raise click.UsageError("give rule ids, or --all")
     client = api_of(api, api_token)
