@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .api import FAKE, ApiError, Handler
-from .mailview import MailView, iso, view
+from .mailview import MailView, canonical, iso, view
 from .store import CapturedMessage
 
 if TYPE_CHECKING:
@@ -45,15 +45,10 @@ def _path(address: str) -> dict[str, Any]:
     return {"Relays": None, "Mailbox": mailbox, "Domain": domain, "Params": ""}
 
 
-def _canonical(name: str) -> str:
-    """``content-type`` -> ``Content-Type``: MailHog's clients look headers up this way."""
-    return "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
-
-
 def _headers(pairs: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name, value in pairs:
-        found.setdefault(_canonical(name), []).append(value)
+        found.setdefault(canonical(name), []).append(value)
     return found
 
 

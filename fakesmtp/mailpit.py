@@ -16,7 +16,7 @@ from aiohttp import web
 
 from . import chaos
 from .api import FAKE, ApiError, Handler
-from .mailview import Address, Part, iso, view
+from .mailview import Address, Part, canonical, iso, view
 from .search import matcher
 from .store import CapturedMessage
 from .version import __version__
@@ -126,6 +126,7 @@ def full(request: web.Request, message: CapturedMessage) -> dict[str, Any]:
     return {
         "ID": seen.id,
         "MessageID": seen.message_id,
+        "Read": True,  # reading it marks it read; older Mailpit clients expect the field
         "From": _address(seen.sender),
         "To": _addresses(seen.to),
         "Cc": _addresses(seen.cc),
@@ -201,7 +202,10 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def get_headers(request: web.Request) -> web.Response:
-    headers = view(_message(request)).header_map()
+    """Name -> values, names in Go's form (``Message-Id``) and sorted, as Mailpit gives them."""
+    headers: dict[str, list[str]] = {}
+    for name, value in view(_message(request)).headers:
+        headers.setdefault(canonical(name), []).append(value)
     return web.json_response({name: headers[name] for name in sorted(headers)})
 
 
@@ -316,8 +320,15 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def requested_ids(request: web.Request) -> list[str]:
-    """The ``{"IDs": [...]}`` of a Mailpit delete; empty when the body names none."""
-    return list((await _json_body(request)).get("IDs") or [])
+    """The ``{"IDs": [...]}`` of a Mailpit delete; empty when the body names none.
+
+    Like Mailpit, a body that is not such JSON names none (so all go): a Python client that
+    sends the ids form-encoded relies on that leniency.
+    """
+    try:
+        return list((await _json_body(request)).get("IDs") or [])
+    except ApiError:
+        return []
 
 
 # --------------------------------------------------------------------------- the rest

@@ -96,6 +96,13 @@ class MailView:
         return found
 
 
+def canonical(name: str) -> str:
+    """``content-type``, ``Message-ID`` -> ``Content-Type``, ``Message-Id``: the form Go's mail
+    servers (Mailpit, MailHog) give header names, and so the form their clients look up.
+    """
+    return "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))
+
+
 def iso(moment: datetime) -> str:
     """RFC 3339 with milliseconds, as Mailpit and MailHog clients parse dates."""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

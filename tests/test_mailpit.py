@@ -119,7 +119,7 @@ def test_message_latest_full_shape_and_read(http: Http) -> None:
     http.send(letter("older"))
     http.send(with_attachment("invoice"), to=["bob@example.test", "carol@example.test"])
     data = http.json("GET", "/api/v1/message/latest")
-    assert data["Subject"] == "invoice"
+    assert data["Subject"] == "invoice" and data["Read"] is True
     assert data["Text"] == "Hello Bob,\n\nThis is invoice.\n"
     assert data["HTML"] == "<p>Hello <b>Bob</b></p>\n"
     assert data["Cc"] == [{"Name": "Carol", "Address": "carol@example.test"}]
@@ -148,6 +148,8 @@ def test_headers_raw_and_views(http: Http) -> None:
     headers = http.json("GET", f"/api/v1/message/{message_id}/headers")
     assert list(headers) == sorted(headers)
     assert headers["Subject"] == ["views"]
+    assert headers["Message-Id"] == ["<views@example.test>"]  # Go's form, as Mailpit names it
+    assert headers["Mime-Version"] == ["1.0"]
     assert headers["To"] == ["Bob Smith <bob@example.test>"]
     status, kind, raw = http("GET", f"/api/v1/message/{message_id}/raw")
     assert status == 200 and kind.startswith("text/plain")
@@ -209,6 +211,10 @@ def test_delete_by_search_by_ids_and_all(http: Http) -> None:
     assert [m.subject for m in http.smtp.messages] == ["also"]
     assert http.json("DELETE", "/api/v1/messages") == {"deleted": 1}
     assert http.smtp.messages == []
+    # Like Mailpit, a body that names no ids as JSON (a client sending them form-encoded)
+    # deletes everything
+    http.send(letter("form"))
+    assert http.json("DELETE", "/api/v1/messages", b"ids=whatever") == {"deleted": 1}
 
 
 def test_set_read_status(http: Http) -> None:
