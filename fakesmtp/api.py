@@ -526,6 +526,7 @@ def rule_json(rule: Rule) -> dict[str, Any]:
         "after": rule.after,
         "per": rule.per.value,
         "within": rule.within,
+        "volume": rule.volume,
         "probability": rule.probability,
     }
 

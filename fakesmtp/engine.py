@@ -160,6 +160,7 @@ class Count:
     key: str
     window: float | None
     limit: int
+    amount: int = 1  # a volume rule counts the message's bytes, not one match
 
 
 # The engine's decision loop, written once as a generator: it yields a Count whenever a rule
@@ -253,7 +254,11 @@ class Engine:
             count = next(steps)
             while True:
                 total = count.store.hit(
-                    count.key, self.clock(), window=count.window, limit=count.limit
+                    count.key,
+                    self.clock(),
+                    window=count.window,
+                    limit=count.limit,
+                    amount=count.amount,
                 )
                 count = steps.send(total)
         except StopIteration as done:
@@ -271,7 +276,11 @@ class Engine:
             count = next(steps)
             while True:
                 total = count.store.hit(
-                    count.key, self.clock(), window=count.window, limit=count.limit
+                    count.key,
+                    self.clock(),
+                    window=count.window,
+                    limit=count.limit,
+                    amount=count.amount,
                 )
                 if inspect.isawaitable(total):
                     total = await total
@@ -295,7 +304,12 @@ class Engine:
             if not _all_hold(state.checks[id(rule)], stage, facts):
                 continue
             count = None
-            if rule.times is not None or rule.after:
+            if rule.volume is not None:  # bytes within the window, this message's included
+                count = yield self._count(state, rule, stage, facts)
+                if count <= rule.volume:
+                    held[id(rule)] = count
+                    continue
+            elif rule.times is not None or rule.after:
                 count = yield self._count(state, rule, stage, facts)
                 if count <= rule.after or (
                     rule.times is not None and count > rule.after + rule.times
@@ -314,14 +328,15 @@ class Engine:
     def _count(self, state: _State, rule: Rule, stage: Stage, facts: Facts) -> Count:
         """Which counter one match of ``rule`` adds to."""
         index = state.index[id(rule)]
-        # Beyond after + times the rule never fires again: no need to count exactly further.
-        limit = rule.after + (rule.times or 0) + 1
+        limit, amount = _count_limit(rule), 1
+        if rule.volume is not None:
+            amount = facts.size
         if rule.per is Per.CONNECTION:
             if facts.counters is None or facts.counters_of is not state:
                 facts.counters, facts.counters_of = MemoryCounters(max_keys=1024), state
-            return Count(facts.counters, str(index), rule.within, limit)
+            return Count(facts.counters, str(index), rule.within, limit, amount)
         key = f"{state.keys[id(rule)]}\x1f{_count_key(rule.per, stage, facts)}"
-        return Count(self.counters, key, rule.within, limit)
+        return Count(self.counters, key, rule.within, limit, amount)
 
     def why_not(self, stage: Stage, facts: Facts, limit: int = 3) -> str | None:
         """Why no rule of this stage fired, for the transcript: "why didn't my rule fire?".
@@ -376,17 +391,27 @@ def _all_hold(checks: tuple[tuple[str, Check], ...], stage: Stage, facts: Facts)
     return all(check(stage, facts) for _, check in checks)
 
 
+def _count_limit(rule: Rule) -> int:
+    """How far a rule's count must be exact: past it, the rule's answer no longer changes."""
+    if rule.volume is not None:
+        return rule.volume + 1
+    return rule.after + (rule.times or 0) + 1
+
+
 def count_text(rule: Rule, count: int) -> str:
     """``counted 4 per client within 1m``: how a count reads in transcripts."""
     # A window keeps only what deciding needs: at its limit, the count means "this or more".
-    limit = rule.after + (rule.times or 0) + 1
-    number = f"{limit} or more" if rule.within is not None and count >= limit else f"{count}"
+    limit = _count_limit(rule)
+    number = f"{count} or more" if rule.within is not None and count >= limit else f"{count}"
+    unit = " bytes" if rule.volume is not None else ""
     per = "" if rule.per is Per.SERVER else f" per {rule.per}"
     within = f" within {duration_text(rule.within)}" if rule.within is not None else ""
-    return f"counted {number}{per}{within}"
+    return f"counted {number}{unit}{per}{within}"
 
 
 def _held_text(rule: Rule, count: int) -> str:
+    if rule.volume is not None:
+        return f"{count_text(rule, count)} (it fires past {rule.volume} bytes)"
     if count <= rule.after:
         fires = f"fires after {rule.after}"
     else:

@@ -151,6 +151,7 @@ class Rule:
     after: int = 0
     per: Per = Per.SERVER
     within: float | None = None  # seconds: count times/after only over this sliding window
+    volume: int | None = None  # bytes: fire once the messages counted (per, within) pass it
     probability: float | None = None
     name: str = ""
     source: Source = field(default_factory=lambda: Source(path="<code>", line=0))
@@ -357,6 +358,7 @@ _RULE_KEYS = (
     "after",
     "per",
     "within",
+    "volume",
     "probability",
     "name",
 )
@@ -668,12 +670,29 @@ class _Builder:
                 ", ".join(p.value for p in _CONCURRENT_PER),
             )
             return None
-        if "within" in fields and "times" not in fields and "after" not in fields:
+        if "volume" in fields and ("times" in fields or "after" in fields):
+            r.problem(
+                nodes["volume"][1],
+                "volume",
+                "counts bytes, and times/after count matches: a rule limits one or the other",
+                "volume, or times/after",
+            )
+            return None
+        if "volume" in fields and stage is not Stage.END_OF_DATA:
+            r.problem(
+                nodes["volume"][1],
+                "volume",
+                f"counts the bytes of messages, which stage {stage} has not seen",
+                "on: end_of_data",
+            )
+            return None
+        counted = any(key in fields for key in ("times", "after", "volume"))
+        if "within" in fields and not counted:
             r.problem(
                 nodes["within"][1],
                 "within",
                 "counts the matches that times/after limit, but this rule has neither",
-                "add times or after, or remove within",
+                "add times or after (or volume), or remove within",
             )
             return None
         return Rule(**fields)
@@ -813,6 +832,20 @@ class _Builder:
 
     def rule_per(self, node: yaml.Node, stage: Stage | None) -> Per | None:
         return self._choice(node, "per", Per, "what the counts are kept per")
+
+    def rule_volume(self, node: yaml.Node, stage: Stage | None) -> int | None:
+        value = self.read.scalar(node, "volume", (str, int), "a size like 10MiB")
+        if value is None:
+            return None
+        try:
+            size = parse_size(value)
+        except PatternError as error:
+            self.read.problem(node, "volume", str(error))
+            return None
+        if size < 1:
+            self.read.problem(node, "volume", "must be 1 byte or more")
+            return None
+        return size
 
     def rule_within(self, node: yaml.Node, stage: Stage | None) -> float | None:
         value = self.read.scalar(node, "within", (str, int, float), "a duration like 1m or 30s")

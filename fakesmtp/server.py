@@ -540,10 +540,9 @@ class FakeSMTP:
             smtp.on("data").delay("40s")
 
         Keyword arguments are the rule's ``match`` keys (``from_`` for ``from``) and its
-        ``times``, ``after``, ``per``, ``within``, ``probability`` and ``name``. Rules added this
-        way are tried before the scenario's own, in the order they were added; ``use()`` starts
-        over.
-        Mistakes raise ScenarioError, as in a file.
+        ``times``, ``after``, ``per``, ``within``, ``volume``, ``probability`` and ``name``. Rules
+        added this way are tried before the scenario's own, in the order they were added;
+        ``use()`` starts over. Mistakes raise ScenarioError, as in a file.
         """
         return RuleBuilder(self, stage, options)
 
@@ -601,7 +600,7 @@ async def _call(function: Callable[[], Any]) -> Any:
     return function()
 
 
-_RULE_OPTIONS = frozenset({"times", "after", "per", "within", "probability", "name"})
+_RULE_OPTIONS = frozenset({"times", "after", "per", "within", "volume", "probability", "name"})
 
 
 class RuleBuilder:

@@ -235,3 +235,24 @@ def test_open_sessions_count_per_server_client_and_sender() -> None:
     sessions.closed(a2)
     sessions.closed(b)
     assert len(sessions) == 0 and sessions.count(Per.CLIENT, a1) == 0
+
+
+def test_engine_volume_counts_bytes_per_sender_within_the_window() -> None:
+    clock = Clock()
+    text = (
+        "rules:\n  - name: hourly volume\n    on: end_of_data\n    volume: 1KiB\n"
+        "    per: sender\n    within: 1h\n    reply: 452 4.3.1 Over the hourly volume\n"
+    )
+    engine = Engine(load_scenario_text(text), clock=clock)
+
+    def message(sender: str, size: int) -> int:
+        facts = Facts(session_id="s", client="c", sender=sender, raw=b"x" * size)
+        decision = engine.decide(Stage.END_OF_DATA, facts)
+        return decision.reply.code if decision and decision.reply else 250
+
+    assert [message("a@x.test", 400) for _ in range(3)] == [250, 250, 452]  # 1200 > 1024
+    assert engine.why_not(Stage.END_OF_DATA, Facts(session_id="s", client="c")) is not None
+    assert message("b@x.test", 1000) == 250  # per sender
+    clock.now += 3601
+    assert message("a@x.test", 1024) == 250  # exactly the volume is still fine
+    assert message("a@x.test", 1) == 452

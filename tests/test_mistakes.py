@@ -181,7 +181,7 @@ def test_a_yaml_slip_says_what_to_write(text: str, expected: str) -> None:
         pytest.param(
             "rules:\n  - on: rcpt\n    Reply: 550\n",
             "s.yaml:3: rules[0].Reply: unknown key; did you mean 'reply'? (allowed: on, match, "
-            "reply, action, delay, times, after, per, within, probability, name)",
+            "reply, action, delay, times, after, per, within, volume, probability, name)",
             id="key-case",
         ),
         pytest.param(

@@ -222,3 +222,37 @@ rules:
     assert clients[2].mail("BULK@a.test")[0] == 250
     for client in clients:
         client.quit()
+
+
+# --------------------------------------------------------------------------- volume
+
+
+def test_a_senders_volume_is_limited_per_window(serve) -> None:
+    server = serve("""
+rules:
+  - name: hourly volume
+    on: end_of_data
+    volume: 2KiB
+    per: sender
+    within: 1h
+    reply: "452 4.3.1 <{from}> sent more than 2 KiB this hour, try later"
+""")
+    body = b"Subject: v\r\n\r\n" + b"x" * 1000 + b"\r\n"  # about 1 KiB each
+
+    def sendmail(sender: str) -> int:
+        with connect(server) as client:
+            try:
+                client.sendmail(sender, ["r@dest.test"], body)
+            except smtplib.SMTPDataError as error:
+                assert error.smtp_error.startswith(b"4.3.1 <" + sender.encode())
+                return error.smtp_code
+            return 250
+
+    assert [sendmail("big@a.test") for _ in range(3)] == [250, 250, 452]
+    assert sendmail("small@a.test") == 250
+    assert len(server.messages) == 3
+    refused = [e for s in server.sessions for e in s.exchanges if e.rule == "hourly volume"]
+    # A window keeps only what deciding needs: past the volume, the count is a lower bound.
+    assert [e.note for e in refused] == [
+        f"counted {3 * len(body)} or more bytes per sender within 1h"
+    ]

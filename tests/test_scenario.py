@@ -84,7 +84,7 @@ def test_bare_code_takes_catalog_text() -> None:
         (
             "rules:\n  - on: rcpt\n    reply: 550\n    tiems: 2\n",
             "s.yaml:4: rules[0].tiems: unknown key; did you mean 'times'? (allowed: on, match, "
-            "reply, action, delay, times, after, per, within, probability, name)",
+            "reply, action, delay, times, after, per, within, volume, probability, name)",
         ),
         (
             "rules:\n  - on: rctp\n    reply: 550\n",
@@ -185,7 +185,7 @@ def test_bare_code_takes_catalog_text() -> None:
         (
             "rules:\n  - on: mail\n    within: 1m\n    reply: 451\n",
             "s.yaml:3: within: counts the matches that times/after limit, but this rule has "
-            "neither (allowed: add times or after, or remove within)",
+            "neither (allowed: add times or after (or volume), or remove within)",
         ),
         (
             "rules:\n  - on: mail\n    after: 3\n    within: 0s\n    reply: 451\n",
@@ -254,3 +254,26 @@ def test_bare_greeting_and_closing_codes_name_the_server() -> None:
     assert rule.reply is not None
     rendered = rule.reply.render({"hostname": "mx.example.test"}).decode()
     assert rendered.startswith("421 4.3.2 mx.example.test ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "rules:\n  - on: end_of_data\n    volume: 1MiB\n    after: 2\n    reply: 452\n",
+            "s.yaml:3: volume: counts bytes, and times/after count matches: a rule limits one or "
+            "the other (allowed: volume, or times/after)",
+        ),
+        (
+            "rules:\n  - on: mail\n    volume: 1MiB\n    reply: 452\n",
+            "s.yaml:3: volume: counts the bytes of messages, which stage mail has not seen "
+            "(allowed: on: end_of_data)",
+        ),
+        (
+            "rules:\n  - on: end_of_data\n    volume: lots\n    reply: 452\n",
+            "s.yaml:3: volume: 'lots' is not a size like 512, 64KiB, 10MB",
+        ),
+    ],
+)
+def test_volume_mistakes(text: str, expected: str) -> None:
+    assert error_of(text) == expected
