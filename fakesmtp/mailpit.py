@@ -392,4 +392,7 @@ async def put_chaos(request: web.Request) -> web.Response:
         triggers = chaos.parse(body)
     except ValueError as error:
         raise ApiError(400, str(error)) from None
-    return web.json_response(chaos.apply(_fake(request), triggers))
+    try:
+        return web.json_response(chaos.apply(_fake(request), triggers))
+    except NotImplementedError as error:
+        raise ApiError(501, str(error)) from None

@@ -45,6 +45,8 @@ async def add_rule(request: web.Request) -> web.Response:
         raise ApiError(400, 'send one rule as the body, e.g. {"on": "rcpt", "reply": 550}')
     try:
         rule_id = fake.add_rule(text)
+    except NotImplementedError as error:
+        raise ApiError(501, str(error)) from None
     except ScenarioError as error:
         problems = [
             {
@@ -74,6 +76,8 @@ async def delete_rule(request: web.Request) -> web.Response:
         rule = request.app[FAKE].remove_rule(rule_id)
     except KeyError:
         raise ApiError(404, f"no added rule {rule_id!r}") from None
+    except NotImplementedError as error:
+        raise ApiError(501, str(error)) from None
     return web.json_response({"deleted": [added_json(rule_id, rule)]})
 
 

@@ -546,6 +546,9 @@ class FakeSMTP:
         """
         return RuleBuilder(self, stage, options)
 
+    # Whether rules can be added at run time (not yet with --workers: see workers.Supervisor).
+    supports_added_rules = True
+
     def add_rule(self, rule: Rule | Mapping[str, Any] | str) -> str:
         """Add one rule at run time, tried before the scenario's own; returns its id.
 
@@ -575,6 +578,11 @@ class FakeSMTP:
         return rule
 
     def _change_added(self, added: dict[str, Rule]) -> None:
+        if not self.supports_added_rules:
+            raise NotImplementedError(
+                "rules cannot be added or removed at run time with --workers yet: "
+                "put them in the scenario (PUT /api/v1/scenario)"
+            )
         current = self.scenario
         first = len(self._overrides)
         own = current.rules[first + len(self._added) :]

@@ -358,6 +358,9 @@ class Supervisor(FakeSMTP):
     usual ones, fed by the workers through ``Channel``s.
     """
 
+    # Workers receive scenarios as YAML text; a rule added at run time is not sent to them yet.
+    supports_added_rules = False
+
     def __init__(
         self,
         scenario: Any,

@@ -191,3 +191,17 @@ def test_chaos_probability_and_validation(http: Http) -> None:
         status = http("PUT", "/api/v1/chaos", bad)[0]
         assert status == 400, bad
     assert http.json("GET", "/api/v1/chaos")["Sender"]["Probability"] == 50  # unchanged
+
+
+def test_with_workers_adding_rules_is_refused_plainly() -> None:
+    from fakesmtp.workers import Supervisor
+
+    assert Supervisor.supports_added_rules is False
+    with FakeSMTP(api_port=0) as smtp:
+        smtp.supports_added_rules = False  # what a Supervisor says
+        http = Http(smtp)
+        status, _, body = http("POST", "/api/v1/rules", {"on": "rcpt", "reply": 550})
+        assert status == 501 and b"--workers" in body
+        put = http("PUT", "/api/v1/chaos", {"Sender": {"ErrorCode": 451, "Probability": 5}})
+        assert put[0] == 501
+        assert send(smtp)[0] == 250
