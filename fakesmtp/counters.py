@@ -21,7 +21,7 @@ conditions per server, client address or sender.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .stages import Per
@@ -62,26 +62,52 @@ class CounterStore(Protocol):
 
 
 class _Window:
-    """The recent hits of one windowed key, oldest first, and their running total."""
+    """The recent hits of one windowed key, oldest first, and their running total.
 
-    __slots__ = ("amounts", "times", "total", "window")
+    Plain lists with a moving start (compacted now and then) rather than deques: a deque costs
+    over 600 bytes even when it holds two timestamps, and a server may hold 100,000 of these.
+    ``amounts`` stays None while every hit counts one (all but volume rules).
+    """
+
+    __slots__ = ("amounts", "start", "times", "total", "window")
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self.times: deque[float] = deque()
-        self.amounts: deque[int] = deque()
+        self.times: list[float] = []
+        self.amounts: list[int] | None = None
+        self.start = 0  # times[:start] are forgotten, awaiting compaction
         self.total = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.start
+
+    @property
+    def newest(self) -> float:
+        return self.times[-1]
+
+    def add(self, now: float, amount: int) -> None:
+        if amount != 1 and self.amounts is None:
+            self.amounts = [1] * len(self.times)
+        self.times.append(now)
+        if self.amounts is not None:
+            self.amounts.append(amount)
+        self.total += amount
+
+    def _amount(self, index: int) -> int:
+        return 1 if self.amounts is None else self.amounts[index]
+
+    def _drop_oldest(self) -> None:
+        self.total -= self._amount(self.start)
+        self.start += 1
 
     def expire(self, now: float) -> int:
         """Forget hits older than the window; return how many were forgotten."""
-        start = now - self.window
-        times, amounts = self.times, self.amounts
-        dropped = 0
-        while times and times[0] <= start:
-            times.popleft()
-            self.total -= amounts.popleft()
-            dropped += 1
-        return dropped
+        before = len(self)
+        edge = now - self.window
+        while len(self) and self.times[self.start] <= edge:
+            self._drop_oldest()
+        self._compact()
+        return before - len(self)
 
     def trim(self, limit: int) -> int:
         """Drop the oldest hits while the newer ones alone reach ``limit``.
@@ -90,12 +116,19 @@ class _Window:
         hit still inside the window means every newer (kept) hit is inside it too, and those
         already sum to ``limit`` or more.
         """
-        dropped = 0
-        while self.amounts and self.total - self.amounts[0] >= limit:
-            self.times.popleft()
-            self.total -= self.amounts.popleft()
-            dropped += 1
-        return dropped
+        before = len(self)
+        while len(self) and self.total - self._amount(self.start) >= limit:
+            self._drop_oldest()
+        self._compact()
+        return before - len(self)
+
+    def _compact(self) -> None:
+        # Amortised O(1): the forgotten head is cut once it is as long as what is kept.
+        if self.start > 16 and self.start * 2 > len(self.times):
+            del self.times[: self.start]
+            if self.amounts is not None:
+                del self.amounts[: self.start]
+            self.start = 0
 
 
 class MemoryCounters:
@@ -139,12 +172,10 @@ class MemoryCounters:
             return total
         if not isinstance(entry, _Window) or entry.window != window:
             if isinstance(entry, _Window):
-                self._events -= len(entry.times)
+                self._events -= len(entry)
             entry = keys[key] = _Window(window)
         self._events -= entry.expire(now)
-        entry.times.append(now)
-        entry.amounts.append(amount)
-        entry.total += amount
+        entry.add(now, amount)
         self._events += 1 - entry.trim(limit)
         total = entry.total
         self._bound(now)
@@ -159,14 +190,14 @@ class MemoryCounters:
             oldest_key, oldest = next(iter(keys.items()))
             if not isinstance(oldest, _Window):
                 break
-            if oldest.times and oldest.times[-1] > now - oldest.window:
+            if len(oldest) and oldest.newest > now - oldest.window:
                 break
-            self._events -= len(oldest.times)
+            self._events -= len(oldest)
             del keys[oldest_key]
         while len(keys) > self.max_keys or self._events > self.max_events:
             _, evicted = keys.popitem(last=False)
             if isinstance(evicted, _Window):
-                self._events -= len(evicted.times)
+                self._events -= len(evicted)
 
 
 class SessionGauge:
