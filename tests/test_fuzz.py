@@ -409,6 +409,7 @@ BDAT_PREAMBLES = [
     _GREET,
     _RCPT,
     _RCPT + b"BDAT 4\r\nHi\r\n",
+    _RCPT + b"BDAT 120\r\n" + b"y" * 120,  # past the bdat rule's 100 octets: refused
     _BINARY + b"RCPT TO:<bob@mx.test>\r\n",
     _MAIL + b"RCPT TO:<a@refuse-chunk.test>\r\n",
     b"EHLO c.test\r\nMAIL FROM:<x@echo-data.test>\r\nRCPT TO:<bob@mx.test>\r\n",
