@@ -41,10 +41,15 @@ def test_record_from_the_page_watch_it_grow_then_serve_it(browser: Any) -> None:
             page.locator("#record-serve").wait_for(state="visible", timeout=5000)
             page.click("#record-serve")
             status.filter(has_text="Serving it now").wait_for(timeout=5000)
+            assert [rule.on.value for rule in server.scenario.rules] == ["rcpt"]
+            with smtplib.SMTP(server.host, server.port, timeout=5) as client:
+                client.ehlo("app.example.test")
+                client.mail("app@example.test")
+                assert client.rcpt("bob@example.test")[0] == 550
+            # The replayed session on the page: the recorded rule named where it fired.
+            (session,) = server.wait_for_sessions(1)
+            page.goto(f"http://{server.api_host}:{server.api_port}/#session={session.id}")
+            fired = page.locator(".server.permanent", has_text="550 5.1.1")
+            fired.locator(".rule").filter(has_text="rcpt rule at <request>").wait_for(timeout=5000)
         finally:
             page.close()
-        assert [rule.on.value for rule in server.scenario.rules] == ["rcpt"]
-        with smtplib.SMTP(server.host, server.port, timeout=5) as client:
-            client.ehlo("app.example.test")
-            client.mail("app@example.test")
-            assert client.rcpt("bob@example.test")[0] == 550

@@ -118,14 +118,14 @@ def big_message_session(host: str, port: int) -> list[Step]:
 SWAKS = shutil.which("swaks")
 
 
-def swaks_session(host: str, port: int) -> list[Step]:
+def swaks_session(host: str, port: int, *more: str) -> list[Step]:
     """swaks with STARTTLS and AUTH LOGIN; its transcript's server lines, reply by reply."""
     assert SWAKS is not None
     done = subprocess.run(
         [SWAKS, "--server", host, "--port", str(port), "--ehlo", "swaks.shop.example.test",
          "--from", SENDER, "--to", f"{ACCEPTED},{UNKNOWN}", "--tls",
          "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", PASSWORD,
-         "--body", "Hello from swaks.", "--timeout", "20"],
+         "--body", "Hello from swaks.", "--timeout", "20", *more],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     steps: list[Step] = []
@@ -176,6 +176,8 @@ SESSIONS: dict[str, Callable[[str, int], list[Step]]] = {
 }
 if SWAKS is not None:
     SESSIONS["swaks"] = swaks_session
+    # MAIL, RCPTs and DATA sent in one go: the relay answers them one by one, in order.
+    SESSIONS["swaks_pipelined"] = lambda host, port: swaks_session(host, port, "--pipeline")
 
 
 def _envelopes(server: FakeSMTP) -> list[tuple[str, tuple[str, ...]]]:
@@ -190,7 +192,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         with Recorder(f"127.0.0.1:{postfix.port}", out=out, delay_threshold=5.0) as recorder:
             steps = {name: run("127.0.0.1", recorder.port) for name, run in SESSIONS.items()}
             recorder.wait_for_sessions(len(SESSIONS))
-        accepted = 2 if SWAKS is not None else 1
+        accepted = 3 if SWAKS is not None else 1
         sink.wait_for(accepted, timeout=30)
         yield Recorded(yaml=out.read_text(), steps=steps, envelopes=_envelopes(sink))
 
