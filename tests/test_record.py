@@ -30,6 +30,7 @@ from fakesmtp import FakeSMTP
 from fakesmtp.cli import main
 from fakesmtp.record import Recorder
 from fakesmtp.scenario import ScenarioError, load_scenario_text
+from tests.conftest import RawClient
 
 UPSTREAM = """
 server:
@@ -60,6 +61,7 @@ rules:
     action: drop
 """
 Step = tuple[str, Any]
+QUEUED = re.compile(r"queued as \S+")
 
 
 @pytest.fixture
@@ -460,3 +462,48 @@ def test_size_replies_must_refuse() -> None:
     assert "<text>:2: server.size_replies.mail: must refuse (allowed: 4xx or 5xx)" in str(
         error.value
     )
+
+
+def test_bdat_chunks_are_relayed_and_the_last_ones_reply_recorded(
+    serve: Callable[..., FakeSMTP], recorder: Callable[..., Recorder]
+) -> None:
+    chunking = serve(
+        "server: {extensions: [PIPELINING, ENHANCEDSTATUSCODES, CHUNKING]}\n"
+        "rules:\n"
+        "  - on: end_of_data\n"
+        '    match: {to: "spam@example.test"}\n'
+        '    reply: "554 5.7.1 Spam, by BDAT too"\n'
+    )
+    relay = recorder(chunking)
+
+    def chunked(host: str, port: int, to: str) -> list[list[str]]:
+        client = RawClient(host, port)
+        try:
+            replies = [client.reply()]
+            for command in (
+                "EHLO app.example.test",
+                "MAIL FROM:<a@example.test>",
+                f"RCPT TO:<{to}>",
+            ):
+                client.send(command + "\r\n")
+                replies.append(client.reply())
+            client.send("BDAT 8\r\nSubject:")
+            replies.append(client.reply())
+            client.send("BDAT 10 LAST\r\n hi\r\n\r\nx\r\n")
+            replies.append(client.reply())
+            return [[QUEUED.sub("queued as <id>", line) for line in r] for r in replies]
+        finally:
+            client.close()
+
+    recorded = [
+        chunked(relay.host, relay.port, to) for to in ("ok@example.test", "spam@example.test")
+    ]
+    relay.wait_for_sessions(2)
+    assert recorded[1][-1] == ["554 5.7.1 Spam, by BDAT too"]
+    assert recorded[0][-1] == ["250 2.0.0 Ok: queued as <id>"]
+    assert [m.raw for m in chunking.messages] == [b"Subject: hi\r\n\r\nx\r\n"]
+    replay = serve(relay.yaml())
+    replayed = [
+        chunked(replay.host, replay.port, to) for to in ("ok@example.test", "spam@example.test")
+    ]
+    assert replayed == recorded

@@ -85,6 +85,7 @@ class RelaySession:
         self.plain_ehlo: UpstreamReply | None = None  # what a client without TLS is offered
         self.upstream_tls_reply: UpstreamReply | None = None  # the upstream's 220 to STARTTLS
         self.upstream_tls_elapsed = 0.0
+        self.chunks = bytearray()  # BDAT: the message so far
         self.end = "closed"
 
     # ------------------------------------------------------------------ life cycle
@@ -256,6 +257,7 @@ class RelaySession:
     def _new_transaction(self) -> None:
         self.sender = None
         self.recipients = []
+        self.chunks = bytearray()
 
     # ------------------------------------------------------------------ HELO, EHLO, STARTTLS
 
@@ -440,11 +442,40 @@ class RelaySession:
         await self._pass(reply)
 
     async def relay_BDAT(self, line: bytes, arg: str) -> None:
-        """RFC 3030 chunks: the size's bytes follow the command; passed on, not made rules."""
+        """RFC 3030 chunks, passed on as they come. The LAST chunk's reply is the message's
+        (``end_of_data``, as fakesmtp decides it); a refused chunk is a ``bdat`` step; the
+        250 to each other chunk is not recorded (fakesmtp acknowledges chunks itself)."""
+        shown = self._shown(line)
         words = arg.split()
-        chunk = await self.wire.read_exactly(int(words[0])) if words and words[0].isdigit() else b""
-        await self._pass(await self._ask(Stage.UNKNOWN, self._shown(line), line + chunk,
-                                         record=False))  # fmt: skip
+        if not words or not words[0].isdigit():  # no size: the upstream says what is wrong
+            await self._pass(await self._ask(Stage.BDAT, shown, line))
+            return
+        size, last = int(words[0]), len(words) > 1 and words[1].upper() == "LAST"
+        chunk = await self.wire.read_exactly(size)
+        self.chunks += chunk
+        if len(self.chunks) > MAX_RELAYED_MESSAGE:
+            self.end = f"message over {MAX_RELAYED_MESSAGE} bytes, not relayed"
+            await self._say(b"421 4.3.1 fakesmtp record: message too big to relay, closing\r\n")
+            raise SessionEnd
+        if last:
+            message = bytes(self.chunks)
+            kept = message[:MAX_KEPT_BODY] if self.recorder.recording.keep_bodies else None
+            try:
+                reply = await self._ask(Stage.END_OF_DATA, f"<message, {len(message)} bytes>",
+                                        line + chunk, size=len(message), message=kept)  # fmt: skip
+            finally:
+                self._end_chunks()
+        else:
+            started = time.monotonic()
+            reply = await self._ask(Stage.BDAT, shown, line + chunk, size=size, record=False)
+            if reply.code >= 400:  # a refused chunk fails the whole message
+                self._step(Stage.BDAT, shown, reply, None, time.monotonic() - started, size=size)
+                self._end_chunks()
+        await self._pass(reply)
+
+    def _end_chunks(self) -> None:
+        self.chunks = bytearray()
+        self._new_transaction()
 
 
 class Recorder:

@@ -35,6 +35,7 @@ _DECIDERS: dict[Stage, tuple[str, ...]] = {
     Stage.MAIL: ("from", "helo"),
     Stage.RCPT: ("to", "from", "helo"),
     Stage.DATA: ("to", "from"),
+    Stage.BDAT: ("to", "from"),
     Stage.END_OF_DATA: ("to", "from"),
 }
 # Replies about the client's own mistakes (syntax, order): fakesmtp judges those itself.
@@ -118,7 +119,7 @@ def _read_capabilities(
                 chosen = found.auth if mechanism in AUTH_MECHANISMS else found.auth_other
                 if mechanism not in chosen:
                     chosen.append(mechanism)
-        elif keyword in KNOWN_EXTENSIONS and keyword != "CHUNKING":
+        elif keyword in KNOWN_EXTENSIONS:
             if keyword not in extensions:
                 extensions.append(keyword)
         elif keyword and keyword not in found.not_replayed:

@@ -810,11 +810,8 @@ class ScenarioSMTP:
             await self.refuse(Stage.BDAT, shown, *problem)
         if too_big:
             self._end_message()
-            await self.send(
-                Stage.BDAT,
-                shown,
-                fixed_reply(552, "5.3.4", "Message size exceeds fixed maximum message size"),
-            )
+            # Worded as server.size_replies.end_of_data says: the message turned out too big.
+            await self.send(Stage.BDAT, shown, profile.data_too_big)
             return
         if self.chunks is None:
             self.chunks = bytearray()
