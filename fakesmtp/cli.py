@@ -40,6 +40,7 @@ STAGE_NAMES = [
     "mail",
     "rcpt",
     "data",
+    "bdat",
     "end_of_data",
     "rset",
     "noop",
