@@ -32,8 +32,9 @@ def groups_from_text(text: str) -> list[dict[str, str]]:
                 groups.append(current)
             current, last = {}, None
         elif line[:1] in (" ", "\t") and last is not None:
+            # Kept as "\n " so that the Diagnostic-Code reader can say it joined them.
             if last:
-                last[-1] = f"{last[-1]} {line.strip()}"
+                last[-1] = f"{last[-1]}\n {line.strip()}"
             else:
                 last.append(line.strip())
         elif (m := _FIELD.match(line)) and not m["name"][:1].isdigit():
@@ -44,7 +45,20 @@ def groups_from_text(text: str) -> list[dict[str, str]]:
             last.append(line.strip())
     if current:
         groups.append(current)
-    return [{name: "\n".join(parts).strip() for name, parts in g.items()} for g in groups]
+    return [
+        {
+            name: "\n".join(parts).strip() if name == "diagnostic-code" else _unfold(parts)
+            for name, parts in g.items()
+        }
+        for g in groups
+    ]
+
+
+def _unfold(parts: list[str]) -> str:
+    return " ".join(" ".join(parts).split())
+
+
+_FOLD = re.compile(r"\n[ \t]+")
 
 
 def _typed_value(value: str) -> tuple[str, str]:
@@ -72,9 +86,22 @@ class DsnResult:
 
 def read_diagnostic(diagnostic: str) -> tuple[Reply | None, str | None, tuple[str, ...], str]:
     """The reply in a Diagnostic-Code: (reply, stage, notes, why-not when there is none)."""
+    folds = len(_FOLD.findall(diagnostic))
+    diagnostic = _FOLD.sub(" ", diagnostic)
     kind, value = _typed_value(diagnostic)
     if kind not in ("smtp", "", "x-postfix") and not kind.startswith("x-"):
         return None, None, (), diagnostic
+    reply, stage, notes, why_not = _diagnostic_reply(kind, value)
+    if reply is not None and folds:
+        note = f"{folds} folded line(s) of the Diagnostic-Code joined into the reply text"
+        reply = replace(reply, notes=(*reply.notes, note))
+    return reply, stage, notes, why_not
+
+
+def _diagnostic_reply(
+    kind: str, value: str
+) -> tuple[Reply | None, str | None, tuple[str, ...], str]:
+    diagnostic = f"{kind}; {value}" if kind else value
     flat = " ".join(value.split("\n")) if kind == "x-postfix" else value
     if said := postfix.read_said(" ".join(value.split())):
         reply, stage, _host, notes = said
