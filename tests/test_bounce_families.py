@@ -830,6 +830,24 @@ MORE_LAYOUTS = {
         "    reply to RCPT TO command)\n",
         ("gil@example.test", 550, "5.1.1", "rcpt"),
     ),
+    "exchange-2003-angle-brackets": (
+        "did not reach the following recipient(s):\n\n"
+        "jan@example.test on Thu, 29 Apr 2010 23:34:47 +0900\n"
+        "    The e-mail account does not exist at the organization this message was sent to.\n"
+        "    <mx.example.test #5.1.1 smtp;550 5.1.1 <jan@example.test>... User unknown>\n",
+        ("jan@example.test", 550, "5.1.1", None),
+    ),
+    "qmail-status-at-the-end": (
+        "<kit@example.test>:\nConnected to 192.0.2.34 but sender was rejected.\n"
+        "Remote host said: 553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)\n",
+        ("kit@example.test", 553, "5.7.1", "mail"),
+    ),
+    "pasted-quoted-in-a-reply": (
+        "> This is the mail system at host relay.example.test.\n>\n"
+        "> <lyn@example.test>: host mx.example.test[192.0.2.35] said: 550 5.1.1\n"
+        ">     <lyn@example.test>: Recipient address rejected (in reply to RCPT TO command)\n",
+        ("lyn@example.test", 550, "5.1.1", "rcpt"),
+    ),
     "surfcontrol-ip-first": (
         "Failed to send to identified host,\n"
         "hal@example.test: [192.0.2.33], 550 hal@example.test... User unknown\n",
@@ -867,3 +885,9 @@ def test_more_layouts(name: str) -> None:
 def test_more_local_failures_are_clean_errors(text: str) -> None:
     with pytest.raises(BounceError, match="no SMTP reply"):
         parse_bounce(text)
+
+
+def test_text_with_angle_brackets_inside_exchange_2003_brackets_is_whole() -> None:
+    text, _ = MORE_LAYOUTS["exchange-2003-angle-brackets"]
+    (finding,) = parse_bounce(text)
+    assert finding.text == ("<jan@example.test>... User unknown",)

@@ -25,6 +25,8 @@ _STATUS_AFTER_NOISE = re.compile(
     r"^(?:(?P<code>[2-5][0-5]\d)[ -])?(?P<hash>#)?(?P<quote>['\"])?"
     r"(?P<status>[245]\.\d{1,3}\.\d{1,3})(?=[\s'\"]|$)\s*"
 )
+# qmail and servers in its tradition end the text with the status: "... list (#5.7.1)".
+_QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)\s*\.?\s*$")
 # A later reply inside a positive one: a greeting "220-name" cut short by "421 4.2.1 ...".
 _REFUSAL_INSIDE = re.compile(r"(?<=\s)(?=[45][0-5]\d[ -])")
 
@@ -99,6 +101,10 @@ def parse_reply(raw: str) -> Reply | None:
         texts[0], status, how = _status_after_noise(code, texts[0])
         if how:
             notes.append(how)
+    q = _QMAIL_STATUS.search(texts[-1]) if status is None and texts else None
+    if q is not None and q[1][0] == str(code)[0]:
+        status = q[1]
+        notes.append(f"enhanced status {status} read from the (#{status}) the text ends with")
     while len(texts) > 1 and not texts[-1]:
         texts.pop()
     if joined:

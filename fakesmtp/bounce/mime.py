@@ -69,7 +69,19 @@ _BOUNDARY_LINE = re.compile(r"^--([^\s-][^\s]{0,69})[ \t]*$", re.MULTILINE)
 
 
 def normalise(text: str) -> str:
-    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return unquote(text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n"))
+
+
+_QUOTED = re.compile(r"^[ \t]*> ?", re.MULTILINE)
+
+
+def unquote(text: str) -> str:
+    """A bounce pasted from an e-mail reply, every line quoted with "> ": the quoting removed
+    (the readers know the MTAs' layouts, not the quoting around them)."""
+    head = [ln for ln in text[:20_000].split("\n") if ln.strip()]
+    if len(head) >= 2 and sum(ln.lstrip().startswith(">") for ln in head) >= 0.8 * len(head):
+        return _QUOTED.sub("", text)
+    return text
 
 
 def looks_like_mail(text: str) -> bool:
