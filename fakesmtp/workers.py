@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -140,12 +141,13 @@ class RelayStore(MemoryStore):
         self.pending: dict[str, asyncio.Future[str | None]] = {}
 
     def open_session(self, record: SessionRecord) -> None:
-        self.channel.send("session", record.to_json(transcript=False))
+        # The record itself: pickling a slotted dataclass is C work, unlike a JSON round trip.
+        self.channel.send("session", record)
         self.publish("session", record)
 
     def close_session(self, record: SessionRecord) -> None:
         with contextlib.suppress(ConnectionError):  # the supervisor left: nobody to tell
-            self.channel.send("ended", record.to_json())
+            self.channel.send("ended", record)
         self.publish("ended", record)
 
     async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
@@ -351,6 +353,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
+
+
 class Supervisor(FakeSMTP):
     """``serve --workers N``: starts N worker processes and serves the API over what they see.
 
@@ -472,11 +477,11 @@ class Supervisor(FakeSMTP):
             kind = frame[0]
             try:
                 if kind == "session":
-                    store.open_session(SessionRecord.from_json(frame[1]))
+                    store.open_session(frame[1])
                 elif kind == "message":
                     await self._take_message(worker, frame[1], frame[2])
                 elif kind == "ended":
-                    self._take_ended(SessionRecord.from_json(frame[1]))
+                    self._take_ended(frame[1])
                 elif kind == "metrics":
                     answer = self._requests.pop(frame[1], None)
                     if answer is not None and not answer.done():
@@ -516,8 +521,7 @@ class Supervisor(FakeSMTP):
             store.open_session(final)
             record = final
         else:  # the same object the API already lists, now complete
-            for name in ("ended_at", "end", "helo", "tls", "user", "exchanges", "message_ids",
-                         "exchanges_dropped"):  # fmt: skip
+            for name in _RECORD_FIELDS:
                 setattr(record, name, getattr(final, name))
         store.close_session(record)
 
