@@ -282,6 +282,8 @@ async def _serve_worker(sock: socket.socket, options: dict[str, Any]) -> None:
 
     metrics = Metrics()
     server.store.subscribe(metrics.observe)
+    if isinstance(console, LineAtomicStream):  # lines written lately reach a pipe soon too
+        flushing = asyncio.create_task(_flush_every(console, console.every))
     channel.send("ready", os.getpid())
     grace = 5.0
     while True:
@@ -305,8 +307,16 @@ async def _serve_worker(sock: socket.socket, options: dict[str, Any]) -> None:
     stop.set()
     await serving
     if isinstance(console, LineAtomicStream):
+        flushing.cancel()
         console.flush()
     channel.close()
+
+
+async def _flush_every(console: LineAtomicStream, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(OSError):
+            console.flush()
 
 
 # --------------------------------------------------------------------------- the supervisor's side
