@@ -79,8 +79,8 @@ def test_pipelined_chunks_are_captured_byte_for_byte(serve, raw_client) -> None:
         ("bdat", f"BDAT {len(first)}"),
         ("bdat", f"BDAT {len(second)}"),
         ("bdat", f"BDAT {len(third)}"),
-        ("bdat", "BDAT 0 LAST"),
-        ("end_of_data", f"<message, {len(first + second + third)} bytes>"),
+        # The LAST chunk's reply is the message's: one exchange, at end_of_data.
+        ("end_of_data", f"BDAT 0 LAST <message, {len(first + second + third)} bytes>"),
     ]
 
 

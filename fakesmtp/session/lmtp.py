@@ -12,7 +12,7 @@ from ..reply import Reply
 from ..stages import VERB_STAGES, Action, Stage
 from ..store import new_id
 from .profile import Profile
-from .smtp import ScenarioSMTP
+from .smtp import ScenarioSMTP, message_shown
 
 _SILENT = (Action.DROP, Action.RESET, Action.HANG)
 
@@ -30,7 +30,7 @@ class LMTPSession(ScenarioSMTP):
     async def smtp_LHLO(self, arg: str, shown: str) -> None:
         await self.greet(Stage.EHLO, arg, shown, extended=True)
 
-    async def answer_message(self, raw: bytes) -> None:
+    async def answer_message(self, raw: bytes, command: str | None = None) -> None:
         facts = self.facts
         assert facts is not None
         recipients = list(facts.recipients)
@@ -69,7 +69,7 @@ class LMTPSession(ScenarioSMTP):
         for recipient, decision, default in plan:
             facts.recipient = recipient
             try:
-                shown = f"<message for {recipient}, {len(raw)} bytes>"
+                shown = message_shown(command, f"<message for {recipient}, {len(raw)} bytes>")
                 await self.respond(Stage.END_OF_DATA, shown, default, decision, commit=stored)
             finally:
                 facts.recipient = None

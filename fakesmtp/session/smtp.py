@@ -58,6 +58,11 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+def message_shown(command: str | None, message: str) -> str:
+    """How the transcript shows a message: after the BDAT command that ended it, if any."""
+    return message if command is None else f"{command} {message}"
+
+
 def _refuses(decision: Decision) -> bool:
     """The rule says no (or ends the connection): not a reply that lets the command through."""
     reply = decision.reply
@@ -830,12 +835,11 @@ class ScenarioSMTP:
             if not reply.positive:  # a refused chunk fails the whole message
                 self._end_message()
             elif last:
-                await self._last_chunk()
+                await self._last_chunk(shown)
             return
         if decision is not None and decision.delay:
             await self._pause(decision.delay)
-        self.log(Stage.BDAT, shown, None, None, "last chunk: the reply is end_of_data's")
-        await self._last_chunk()
+        await self._last_chunk(shown)
 
     def _bdat_problem(self) -> tuple[int, str, str] | None:
         """Why a BDAT cannot be taken now (RFC 5321/3030 order of checks), or None."""
@@ -856,15 +860,18 @@ class ScenarioSMTP:
             return 503, "5.5.1", "Error: need RCPT command"
         return None
 
-    async def _last_chunk(self) -> None:
-        """The LAST chunk came: the message is whole, and is answered as after DATA's dot."""
+    async def _last_chunk(self, shown: str) -> None:
+        """The LAST chunk came: the message is whole, and is answered as after DATA's dot.
+
+        One exchange in the transcript: the BDAT command, with the end_of_data reply.
+        """
         facts = self.facts
         assert facts is not None and self.chunks is not None
         raw = bytes(self.chunks)
         self.chunks = None
         facts.raw = raw
         try:
-            await self.answer_message(raw)
+            await self.answer_message(raw, shown)
         finally:
             self._end_message()
 
@@ -878,8 +885,11 @@ class ScenarioSMTP:
         """The greeting (LMTP says LMTP)."""
         return profile.banner
 
-    async def answer_message(self, raw: bytes) -> None:
-        """After the final dot: keep the message, then one reply (LMTP: one per recipient)."""
+    async def answer_message(self, raw: bytes, command: str | None = None) -> None:
+        """After the final dot: keep the message, then one reply (LMTP: one per recipient).
+
+        ``command`` is what the transcript shows before the message (BDAT's LAST command).
+        """
         message_id = new_id()
         facts = self.facts
         assert facts is not None
@@ -888,7 +898,8 @@ class ScenarioSMTP:
             return await self.keep_message(message_id, raw, list(facts.recipients))
 
         queued = fixed_reply(250, "2.0.0", f"Ok: queued as {message_id}")
-        await self.answer(Stage.END_OF_DATA, f"<message, {len(raw)} bytes>", queued, commit=store)
+        shown = message_shown(command, f"<message, {len(raw)} bytes>")
+        await self.answer(Stage.END_OF_DATA, shown, queued, commit=store)
 
     async def keep_message(
         self, message_id: str, raw: bytes, recipients: list[str]
