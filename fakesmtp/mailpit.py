@@ -40,6 +40,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/api/v1/info", info),
         ("GET", "/api/v1/webui", webui),
         ("PUT", "/api/v1/messages", set_read),
+        ("POST", "/api/v1/send", send),
         ("GET", "/api/v1/message/{id}", get_message),
         ("GET", "/api/v1/message/{id}/headers", get_headers),
         ("GET", "/api/v1/message/{id}/raw", get_raw),
@@ -329,6 +330,26 @@ async def requested_ids(request: web.Request) -> list[str]:
         return list((await _json_body(request)).get("IDs") or [])
     except ApiError:
         return []
+
+
+# --------------------------------------------------------------------------- send
+
+
+async def send(request: web.Request) -> web.Response:
+    """Mailpit's send API: submitted over SMTP to this server, so the scenario answers it."""
+    from .mailpit_send import SendError, build, submit
+
+    fake = _fake(request)
+    try:
+        sender, recipients, raw = build(await _json_body(request))
+        queued = await submit(fake.host, fake.port, sender, recipients, raw)
+    except SendError as error:
+        raise ApiError(400, error.message, stage=error.stage) from None
+    except (ValueError, TypeError) as error:  # a malformed address, or header
+        raise ApiError(400, f"cannot build the message: {error}") from None
+    except OSError as error:
+        raise ApiError(503, f"cannot reach the SMTP listener: {error}") from None
+    return web.json_response({"ID": queued})
 
 
 # --------------------------------------------------------------------------- the rest

@@ -20,7 +20,7 @@ LAYERS = [
     {"stages", "patterns", "reply", "tls", "suggest", "eventloop", "version"},
     {"yaml_errors", "access", "cli_env"},
     {"catalog", "scenario", "transcript"},
-    {"store", "metrics", "mailview", "search"},
+    {"store", "metrics", "mailview", "search", "mailpit_send"},
     # counters and stagefilter name engine.Facts for type checkers only
     {"engine", "counters", "redis_counters", "stagefilter"},
     {"session.wire", "session.auth", "session.profile", "session.runtime"},

@@ -300,3 +300,36 @@ def test_delete_one_from_a_dir_store_removes_its_files(tmp_path: Any) -> None:
     assert list((tmp_path / "messages").iterdir()) == []
     with served(store=tmp_path) as again:
         assert again.messages == []
+
+
+def test_send_api_goes_through_smtp_and_the_scenario(http: Http) -> None:
+    request = {
+        "From": {"Email": "app@example.test", "Name": "App"},
+        "To": [{"Email": "bob@example.test", "Name": "Bob"}],
+        "Bcc": ["audit@example.test"],
+        "Subject": "Sent by the API",
+        "Text": "Hello\n.\nwith a lone dot",
+        "HTML": "<p>Hello</p>",
+        "Attachments": [
+            {"Content": "dG90YWw6IDQy", "Filename": "a.txt", "ContentType": "text/plain"}
+        ],
+        "Headers": {"X-Campaign": "spring"},
+    }
+    sent = http.json("POST", "/api/v1/send", request)
+    [message] = http.smtp.messages
+    assert sent == {"ID": message.id}
+    assert message.rcpt_tos == ["bob@example.test", "audit@example.test"]
+    full = http.json("GET", f"/api/v1/message/{sent['ID']}")
+    assert full["Subject"] == "Sent by the API" and full["Text"] == "Hello\n.\nwith a lone dot\n"
+    assert full["Attachments"][0]["FileName"] == "a.txt"
+    assert http.json("GET", f"/api/v1/message/{sent['ID']}/headers")["X-Campaign"] == ["spring"]
+    session = http.smtp.sessions[-1]
+    assert session.helo == "fakesmtp.api"  # a real SMTP session, in the transcripts
+    # The scenario answers it like any client
+    http.smtp.add_rule({"on": "rcpt", "match": {"to": "bob@*"}, "reply": "550 5.1.1 No Bob"})
+    status, _, body = http("POST", "/api/v1/send", request)
+    assert status == 400
+    assert json.loads(body) == {"error": "550 5.1.1 No Bob", "stage": "rcpt"}
+    assert len(http.smtp.messages) == 1
+    status, _, body = http("POST", "/api/v1/send", {"To": [{"Email": "x@y.test"}]})
+    assert status == 400 and b"From" in body

@@ -37,4 +37,4 @@ def test_mailpit_and_mailhog_npm_clients_work_unchanged() -> None:
         )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
-    assert report.count("ok - ") == 11 and "not ok" not in report, report
+    assert report.count("ok - ") == 12 and "not ok" not in report, report

@@ -132,6 +132,19 @@ await check("mailpit: chaos Recipient 451 at 100%, then cleared", async () => {
   assert.equal(await send({ to: "erin@example.test", subject: "Accepted" }), 250);
 });
 
+await check("mailpit: sendMessage() goes through SMTP and is listed", async () => {
+  const sent = await mailpit.sendMessage({
+    From: { Email: "api@example.test", Name: "API" },
+    To: [{ Email: "frank@example.test", Name: "Frank" }],
+    Subject: "Via the API",
+    Text: "Sent with sendMessage.",
+  });
+  const message = await mailpit.waitForMessage({ query: "to:frank" }, { timeout: 5000, interval: 100 });
+  assert.equal(message.ID, sent.ID);
+  assert.equal(message.Subject, "Via the API");
+  assert.equal(message.To[0].Name, "Frank");
+});
+
 await check("mailpit: deleteMessages({IDs}) and deleteMessagesBySearch()", async () => {
   const before = await mailpit.listMessages();
   await mailpit.deleteMessages({ IDs: [before.messages[0].ID] });
