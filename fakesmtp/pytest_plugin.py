@@ -12,12 +12,12 @@ test pays microseconds instead of a start and a stop.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
-from .scenario import ScenarioError
+from .scenario import ScenarioError, Source, load_scenario_data
 from .server import FakeSMTP, ScenarioSpec
 
 MARKER_HELP = (
@@ -131,6 +131,9 @@ def fakesmtp(
     if scenario is not server.scenario:
         problem = ""
         try:
+            if isinstance(scenario, Mapping):  # a marker's dict: errors name the test's line
+                path, line, _ = request.node.location
+                scenario = load_scenario_data(scenario, Source(path=path, line=line + 1))
             server.use(scenario)
         except ScenarioError as error:
             problem = str(error)

@@ -135,6 +135,21 @@ def test_use_and_wait_for_and_reset(pytester: pytest.Pytester) -> None:
     pytester.runpytest(*QUIET).assert_outcomes(passed=1)
 
 
+def test_a_marker_dict_with_a_mistake_names_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.fakesmtp({"rules": [{"on": "RCPT", "reply": 550}]})
+        def test_bad(fakesmtp):
+            pass
+        """
+    )
+    result = pytester.runpytest(*QUIET)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*test_marked.py:*: on: unknown stage 'RCPT'*"])
+
+
 def test_invalid_marker_scenario_fails_the_test_plainly(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

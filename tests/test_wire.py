@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import pytest
 from hypothesis import given
@@ -17,6 +18,23 @@ from hypothesis import strategies as st
 from fakesmtp.session.wire import BodyReader, Closed, Wire
 
 Script = Callable[[Wire], Awaitable[object]]
+T = TypeVar("T")
+_LOOP: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+
+
+def _run(coroutine: Awaitable[T]) -> T:
+    with asyncio.Runner(loop_factory=_LOOP[0]) as runner:
+        return runner.run(coroutine)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def each_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The wire must behave the same on asyncio's loop and on uvloop (serve's default)."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed ('fast' extra)")
+        _LOOP[0] = uvloop.new_event_loop
+    yield
+    _LOOP[0] = asyncio.new_event_loop
 
 
 async def _exchange(
@@ -39,14 +57,14 @@ async def _exchange(
         finally:
             wire.close()
 
-    def on_timeout(reason: str) -> None:
+    def on_expired(reason: str) -> None:
         timeouts.append(reason)
         wire_box[0].close()
 
     wire_box: list[Wire] = []
 
     def make() -> Wire:
-        wire = Wire(idle=idle, line_limit=line_limit, run=run, on_timeout=on_timeout,
+        wire = Wire(idle=idle, line_limit=line_limit, run=run, on_expired=on_expired,
                     on_lost=lambda: None)  # fmt: skip
         wire_box.append(wire)
         return wire
@@ -70,13 +88,14 @@ async def _exchange(
 def exchange(
     script: Script, sent: list[bytes], **options: object
 ) -> tuple[object, list[str], bytes]:
-    return asyncio.run(_exchange(script, sent, **options))  # type: ignore[arg-type]
+    return _run(_exchange(script, sent, **options))  # type: ignore[arg-type]
 
 
 async def _lines(wire: Wire, count: int) -> list[bytes | None]:
     return [await wire.read_line() for _ in range(count)]
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_pipelined_lines_come_one_at_a_time() -> None:
     result, _, _ = exchange(
         lambda w: _lines(w, 3), [b"EHLO a\r\nMAIL FROM:<x>\r\n", b"RCPT TO:<y>\r\n"]
@@ -84,11 +103,13 @@ def test_pipelined_lines_come_one_at_a_time() -> None:
     assert result == [b"EHLO a\r\n", b"MAIL FROM:<x>\r\n", b"RCPT TO:<y>\r\n"]
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_an_over_long_line_is_discarded_and_the_next_one_read() -> None:
     result, _, _ = exchange(lambda w: _lines(w, 2), [b"X" * 150, b"Y" * 150 + b"\r\nNOOP\r\n"])
     assert result == [None, b"NOOP\r\n"]
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_what_came_before_eof_is_still_read_then_closed() -> None:
     async def script(wire: Wire) -> object:
         lines = await _lines(wire, 2)
@@ -102,6 +123,7 @@ def test_what_came_before_eof_is_still_read_then_closed() -> None:
     assert result == ([b"NOOP\r\n", b"QUIT\r\n"], "closed")
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_replies_still_reach_a_client_that_shut_its_side() -> None:
     async def script(wire: Wire) -> object:
         line = await wire.read_line()
@@ -113,11 +135,13 @@ def test_replies_still_reach_a_client_that_shut_its_side() -> None:
     assert (result, received) == (b"QUIT\r\n", b"221 Bye\r\n")
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_a_trickled_line_times_out_as_a_command_timeout() -> None:
     result, timeouts, _ = exchange(lambda w: w.read_line(started_within=0.2), [b"NOO"], idle=10)
     assert (result, timeouts) == ("cancelled", ["command timeout"])
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_silence_times_out_as_an_idle_timeout_and_stop_timer_holds_it() -> None:
     async def script(wire: Wire) -> object:
         wire.stop_timer()  # a rule's delay: our slowness is not the client's idleness
@@ -129,11 +153,13 @@ def test_silence_times_out_as_an_idle_timeout_and_stop_timer_holds_it() -> None:
     assert (result, timeouts) == ("cancelled", ["idle timeout"])
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_hang_ends_when_the_client_leaves() -> None:
     result, timeouts, _ = exchange(lambda w: w.hang(), [b"x"], idle=10, half_close=True)
     assert (result, timeouts) == (None, [])
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_reset_sends_a_tcp_rst() -> None:
     async def main() -> type[BaseException] | None:
         loop = asyncio.get_running_loop()
@@ -143,7 +169,7 @@ def test_reset_sends_a_tcp_rst() -> None:
             wire.reset()
 
         server = await loop.create_server(
-            lambda: Wire(idle=5, line_limit=100, run=run, on_timeout=print, on_lost=lambda: None),
+            lambda: Wire(idle=5, line_limit=100, run=run, on_expired=print, on_lost=lambda: None),
             "127.0.0.1",
             0,
         )
@@ -160,9 +186,10 @@ def test_reset_sends_a_tcp_rst() -> None:
         server.close()
         return outcome
 
-    assert asyncio.run(main()) is ConnectionResetError
+    assert _run(main()) is ConnectionResetError
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_a_message_is_read_to_the_lone_dot_unstuffed() -> None:
     body = [b"Subject: x\r\n\r\n..leading dot\r\n", b".", b"\r\n", b"NOOP\r\n"]
 
@@ -173,6 +200,7 @@ def test_a_message_is_read_to_the_lone_dot_unstuffed() -> None:
     assert result == ((b"Subject: x\r\n\r\n.leading dot\r\n", False), b"NOOP\r\n")
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_a_message_past_the_limit_is_read_to_the_dot_and_dropped() -> None:
     async def script(wire: Wire) -> object:
         return await wire.read_message(20)

@@ -98,7 +98,7 @@ class ScenarioSMTP:
             idle=settings.idle_timeout,
             line_limit=max(settings.max_line_length, 1001),
             run=self._run,
-            on_timeout=self._timed_out,
+            on_expired=self._timed_out,
             on_lost=self._lost,
         )
         self.runtime = runtime

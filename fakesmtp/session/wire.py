@@ -34,7 +34,7 @@ class Wire(asyncio.Protocol):
     """One connection: a read buffer, flow control both ways, and one resettable timer.
 
     ``run(wire)`` is started as a task when the connection is made and cancelled when it is
-    lost (a rule's delay, a drain or a store write all end there). ``on_timeout(reason)`` is
+    lost (a rule's delay, a drain or a store write all end there). ``on_expired(reason)`` is
     called when the timer runs out (``reason`` is "idle timeout" or what ``expire_in`` named);
     the owner answers and closes. ``on_lost()`` is called once, when the connection is gone.
     """
@@ -45,7 +45,7 @@ class Wire(asyncio.Protocol):
         idle: float,
         line_limit: int,
         run: Callable[[Wire], Awaitable[None]],
-        on_timeout: Callable[[str], None],
+        on_expired: Callable[[str], None],
         on_lost: Callable[[], None],
     ) -> None:
         self.idle = idle
@@ -54,7 +54,7 @@ class Wire(asyncio.Protocol):
         self.line_limit = line_limit
         self._high_water = max(2 * line_limit, 65536)
         self._run = run
-        self._on_timeout = on_timeout
+        self._on_expired = on_expired
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
@@ -193,7 +193,7 @@ class Wire(asyncio.Protocol):
             self._timer = self.loop.call_at(self._deadline, self._expired)
             return
         self._deadline = float("inf")
-        self._on_timeout(self._reason)
+        self._on_expired(self._reason)
 
     # ------------------------------------------------------------------ reading
 
