@@ -74,7 +74,7 @@ class RelaySession:
             idle=recorder.timeout,
             line_limit=CLIENT_LINE_LIMIT,
             run=self.run,
-            on_timeout=self._timed_out,
+            on_expired=self._timed_out,
             on_lost=self._lost,
         )
         self.record: RecordedSession | None = None
