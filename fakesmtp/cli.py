@@ -987,7 +987,11 @@ def record(
         click.echo(recorder.yaml(), nl=False)
     else:
         count = len(recorder.recording.sessions())
-        click.echo(f"fakesmtp record: stopped; {count} session(s) recorded in {out}", err=True)
+        click.echo(
+            f"fakesmtp record: stopped; {count} session(s) recorded in {out}"
+            f" - replay it with: fakesmtp serve --scenario {out}",
+            err=True,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -96,3 +96,18 @@ def test_an_upstream_reply_too_long_or_with_control_bytes_still_makes_a_valid_fi
     odd = Step(stage=Stage.HELP, command="HELP", reply=reply("214 2.0.0 " + "{x}\t" * 300))
     (rule,) = rules_of(scenario_yaml([session(odd)], "mx:25"))
     assert rule["reply"].startswith("214 2.0.0 {{x}}?{{x}}?")
+
+
+def test_upstream_addresses() -> None:
+    from fakesmtp.record.upstream import parse_address
+
+    assert parse_address("mx.example.test") == ("mx.example.test", 25)
+    assert parse_address("mx.example.test:2525") == ("mx.example.test", 2525)
+    assert parse_address("[2001:db8::25]:587") == ("2001:db8::25", 587)
+    assert parse_address("[::1]") == ("::1", 25)
+    for bad in ("", ":25", "mx:0", "mx:port", "[::1]x"):
+        try:
+            parse_address(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was taken")
