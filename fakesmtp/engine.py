@@ -26,6 +26,7 @@ from .reply import Reply
 from .scenario import Match, Rule, Scenario
 from .stagefilter import stage_filter
 from .stages import MESSAGE_KEYS, Action, Per, Stage
+from .store import MessageTooNested, parse_message
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: one per session
@@ -61,10 +62,8 @@ class Facts:
     def message(self) -> EmailMessage:
         """The message parsed on first use: only rules that look at headers or body pay for it."""
         if self._message is None:
-            self._message = email.message_from_bytes(  # type: ignore[assignment]
-                self.raw or b"", policy=email.policy.default
-            )
-        return self._message  # type: ignore[return-value]
+            self._message = parse_message(self.raw or b"")
+        return self._message
 
     @property
     def headers(self) -> EmailMessage:
@@ -549,7 +548,20 @@ def _check_headers(match: Match) -> Check:
 def _check_body(match: Match) -> Check:
     pattern = match.body
     assert pattern is not None
-    return lambda stage, facts: pattern(_body_text(facts.message))
+
+    def check(stage: Stage, facts: Facts) -> bool:
+        try:
+            text = _body_text(facts.message)
+        except (RecursionError, MessageTooNested):
+            # MIME nested deeper than the email package can walk (it recurses per level): a
+            # valid message all the same, so the rule looks at the raw body rather than the
+            # session answering 451 for a bug of ours that is not one.
+            raw = facts.raw or b""
+            start = raw.find(b"\r\n\r\n")
+            text = raw[start + 4 if start >= 0 else 0 :].decode("utf-8", "replace")
+        return pattern(text)
+
+    return check
 
 
 _CHECK_BUILDERS: dict[str, Callable[[Match], Check]] = {

@@ -16,10 +16,11 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage, Message
+from email.message import Message
+from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 
-from .store import CapturedMessage
+from .store import CapturedMessage, MessageTooNested, parse_message
 
 SNIPPET_LENGTH = 250  # characters, as Mailpit's list shows
 MAX_BODY = 1024 * 1024  # characters of text or HTML kept in a view; the raw route has the rest
@@ -180,9 +181,14 @@ def _body_section(raw: bytes) -> str:
 
 def build(message: CapturedMessage) -> MailView:
     """Read one message; never raises for a malformed one (it shows what could be read)."""
-    parsed: EmailMessage = email.message_from_bytes(  # type: ignore[assignment]
-        message.raw, policy=email.policy.default
-    )
+    try:
+        parsed = parse_message(message.raw)
+    except (MessageTooNested, RecursionError):
+        # Nested too deep to walk without stalling the loop: its headers, the rest as text.
+        parsed = BytesParser(policy=email.policy.default).parsebytes(  # type: ignore[assignment]
+            message.raw, headersonly=True
+        )
+        parsed.set_type("text/plain")
     headers: list[tuple[str, str]] = []
     for name, value in parsed.raw_items():
         try:

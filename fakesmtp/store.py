@@ -256,9 +256,7 @@ class CapturedMessage:
         Not kept: a parsed message costs several times its bytes, which the store's memory
         limit would not see.
         """
-        return email.message_from_bytes(  # type: ignore[return-value]
-            self.raw, policy=email.policy.default
-        )
+        return parse_message(self.raw)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -272,6 +270,29 @@ class CapturedMessage:
             "mail_options": list(self.mail_options),
             "rcpt_options": {k: list(v) for k, v in self.rcpt_options.items()},
         }
+
+
+MAX_MIME_CONTAINERS = 100  # multipart parts in one message that the parser is asked to walk
+
+
+class MessageTooNested(ValueError):
+    """A message with more multipart containers than MAX_MIME_CONTAINERS."""
+
+
+def parse_message(raw: bytes) -> EmailMessage:
+    """The whole message as an ``EmailMessage``; ``MessageTooNested`` past the container limit.
+
+    The email package checks every enclosing boundary on every line and recurses once per
+    level: a thousand nested multiparts took seconds of the event loop, then raised
+    RecursionError. Real mail has a handful; the count is one pass over the bytes.
+    """
+    containers = raw.lower().count(b"multipart/")
+    if containers > MAX_MIME_CONTAINERS:
+        raise MessageTooNested(
+            f"{containers} multipart parts: more than the {MAX_MIME_CONTAINERS} "
+            "fakesmtp parses (the raw message is kept whole)"
+        )
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
 
 
 def exchange_cost(exchange: Exchange) -> int:

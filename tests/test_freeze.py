@@ -183,3 +183,25 @@ def test_garbage_then_a_normal_session(smtp: FakeSMTP) -> None:
         with contextlib.suppress(OSError):  # the server may cut it before all is sent
             sock.sendall(b"x" * (1024 * 1024))
         sock.close()
+
+
+def nested_mime(depth: int) -> bytes:
+    """A valid message whose text part sits ``depth`` multipart levels down."""
+    opening = "".join(
+        f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n' for n in range(depth)
+    )
+    closing = "".join(f"--b{n}--\r\n" for n in reversed(range(depth)))
+    text = "Content-Type: text/plain\r\n\r\nhello there\r\n"
+    return f"Subject: deep\r\nMIME-Version: 1.0\r\n{opening}{text}{closing}".encode()
+
+
+def test_a_body_rule_on_deeply_nested_mime_is_not_our_bug(serve: Any) -> None:
+    smtp = serve(
+        "rules:\n  - on: end_of_data\n    match: {body: '*hello*'}\n    reply: 554 5.7.1 No\n"
+    )
+    with Prober(smtp), smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        for depth in (3, 1000):
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@app.test", ["b@x.test"], nested_mime(depth))
+            assert (refused.value.smtp_code, refused.value.smtp_error) == (554, b"5.7.1 No")
+    assert smtp.errors == []  # the fixture fails the test on any internal error, too
