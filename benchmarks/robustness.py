@@ -17,6 +17,15 @@ What it measures, for each server (a fresh server process per measurement):
   time from the first byte to the 250. fakesmtp keeps the message (its in-memory store); the
   sink drops it, as a sink does.
 
+``--long-running`` measures something else, a server left running (issue #11): 20,000
+messages of 100 KiB (four clients, 50 messages a session) then 10,000 chatty sessions (EHLO,
+30 NOOPs of 900 bytes, QUIT; 20 at a time), against ``fakesmtp serve --max-memory 128MiB``
+(and with ``--store``: ``--store-keep 256MiB``). It samples RSS every 0.2 s and prints the
+peak, the RSS once the load stops, and after ``DELETE /api/v1/messages`` and
+``POST /api/v1/reset?store=true`` (memory given back), the store's own figures from
+``/api/v1/health``, and the raw aiosmtpd sink's peak for the same load (it keeps nothing: the
+floor). ``--messages N --sessions N`` shorten it.
+
 fakesmtp runs as ``python -m fakesmtp serve --quiet --no-api --port P`` with a scenario that only
 raises size_limit to 64 MiB (the default, 32 MiB, would refuse the 50 MB message); the sink gets
 the same limit. Figures drift from run to run on shared machines: compare the two columns.
@@ -285,12 +294,198 @@ def measure(kind: str, scenario: Path) -> dict[str, object]:
     return figures
 
 
+# ------------------------------------------------------------------------- long-running
+
+LONG_MEMORY_MIB = 128
+LONG_STORE_KEEP = "256MiB"
+
+
+class Sampler:
+    """RSS of a process every 0.2 s, in a thread: the peak and the last value, in MiB."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.path = Path(f"/proc/{pid}/status")
+        self.peak = 0.0
+        self.last = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> float:
+        for line in self.path.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            with contextlib.suppress(OSError):
+                self.last = self.rss()
+                self.peak = max(self.peak, self.last)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _send_messages(port: int, count: int, clients: int = 4, per_session: int = 50) -> float:
+    import threading
+
+    body = b"Subject: long run\r\n\r\n" + (b"y" * 998 + b"\r\n") * 102  # 100 KiB
+    started = time.monotonic()
+
+    def client(share: int) -> None:
+        sent = 0
+        while sent < share:
+            with smtplib.SMTP(HOST, port, timeout=60) as smtp:
+                for _ in range(min(per_session, share - sent)):
+                    smtp.sendmail("a@client.test", ["b@mx.test"], body)
+                    sent += 1
+
+    threads = [threading.Thread(target=client, args=(count // clients,)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - started
+
+
+async def _chatty(port: int, sessions: int, parallel: int = 20, noops: int = 30) -> None:
+    noop = b"NOOP " + b"z" * 900 + b"\r\n"  # under the 1000-octet line limit
+    queue = iter(range(sessions))
+
+    async def reply(reader: asyncio.StreamReader) -> bytes:
+        while True:
+            line = await reader.readline()
+            if line[3:4] != b"-":
+                return line
+
+    async def worker() -> None:
+        for _ in queue:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            await reply(reader)
+            for line in [b"EHLO chatty.test\r\n", *([noop] * noops), b"QUIT\r\n"]:
+                writer.write(line)
+                await reply(reader)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+
+
+def _api(port: int, method: str, path: str) -> dict[str, object]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{HOST}:{port}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def long_running(kind: str, messages: int, sessions: int, store: Path | None) -> dict[str, object]:
+    port, api_port = free_port(), free_port()
+    if kind == "fakesmtp":
+        command = [sys.executable, "-m", "fakesmtp", "serve", "--quiet", "--port", str(port),
+                   "--api-port", str(api_port),
+                   "--max-memory", f"{LONG_MEMORY_MIB}MiB"]  # fmt: skip
+        if store is not None:
+            command += ["--store", str(store), "--store-keep", LONG_STORE_KEEP]
+    else:
+        command = [sys.executable, "-c", SINK, str(port)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        time.sleep(0.3)
+        sampler = Sampler(process.pid)
+        start_rss = sampler.rss()
+        message_s = _send_messages(port, messages)
+        started = time.monotonic()
+        asyncio.run(_chatty(port, sessions))
+        session_s = time.monotonic() - started
+        time.sleep(1.0)
+        figures: dict[str, object] = {
+            "start": start_rss,
+            "peak": sampler.peak,
+            "loaded": sampler.rss(),
+            "message_s": message_s,
+            "session_s": session_s,
+        }
+        if kind == "fakesmtp":
+            figures["health"] = _api(api_port, "GET", "/api/v1/health")["store"]
+            _api(api_port, "DELETE", "/api/v1/messages")
+            _api(api_port, "POST", "/api/v1/reset?store=true")
+            time.sleep(1.0)
+            figures["after_reset"] = sampler.rss()
+            if store is not None:
+                figures["disk_mib"] = (
+                    sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
+                )
+        sampler.stop()
+        return figures
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def report_long_running(messages: int, sessions: int) -> None:
+    started = time.monotonic()
+    runs: dict[str, dict[str, object]] = {}
+    runs["fakesmtp (memory)"] = long_running("fakesmtp", messages, sessions, None)
+    with tempfile.TemporaryDirectory() as directory:
+        store = Path(directory) / "store"
+        runs["fakesmtp --store"] = long_running("fakesmtp", messages, sessions, store)
+        runs["fakesmtp --store"]["store_after_reset_mib"] = (
+            sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
+        )
+    runs["raw aiosmtpd sink"] = long_running("aiosmtpd", messages, sessions, None)
+    print(
+        f"long-running: {messages} messages of 100 KiB, then {sessions} chatty sessions; "
+        f"fakesmtp --max-memory {LONG_MEMORY_MIB}MiB (RSS must stay under "
+        f"{LONG_MEMORY_MIB + 64} MiB), --store-keep {LONG_STORE_KEEP}"
+    )
+    for name, f in runs.items():
+        line = (
+            f"{name:<20} RSS MiB: start {f['start']:.0f}, peak {f['peak']:.0f}, "
+            f"after the load {f['loaded']:.0f}"
+        )
+        if "after_reset" in f:
+            line += f", after DELETE+reset {f['after_reset']:.0f}"
+        line += f"; {f['message_s']:.0f} s for the messages, {f['session_s']:.0f} s for sessions"
+        print(line)
+        if "health" in f:
+            h = f["health"]
+            assert isinstance(h, dict)
+            disk = f", on disk {f['disk_mib']:.0f} MiB" if "disk_mib" in f else ""
+            print(
+                f"{'':<20} kept {h['messages']} messages, {h['sessions']} sessions, "
+                f"{h['bytes'] / 2**20:.0f} MiB counted; dropped {h['dropped_messages']} "
+                f"messages, {h['dropped_sessions']} sessions{disk}"
+            )
+    print(f"took {time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trickle", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--long-running", action="store_true", help="the long-running part")
+    parser.add_argument("--messages", type=int, default=20_000, help="with --long-running")
+    parser.add_argument("--sessions", type=int, default=10_000, help="with --long-running")
     args = parser.parse_args()
     if args.trickle:
         asyncio.run(_trickle(args.trickle))
+        return
+    if args.long_running:
+        report_long_running(args.messages, args.sessions)
         return
     fds = raise_fd_limit(4 * CONNECTIONS)
     started = time.monotonic()
