@@ -8,6 +8,7 @@ import logging
 import shutil
 import smtplib
 import stat
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,45 @@ def test_a_451_means_nothing_was_kept(tmp_path: Path) -> None:
     messages.unlink()
     with FakeSMTP(store=tmp_path) as smtp:
         assert smtp.messages == []  # no duplicate waits for the client's retry
+
+
+def test_bodies_being_received_share_one_memory_budget(serve: Any) -> None:
+    from .conftest import RawClient
+
+    smtp = serve(max_memory=8 * 1024 * KIB)  # bodies in flight: a quarter, 2 MiB
+    parked = []
+    chunk = (b"z" * 998 + b"\r\n") * 512  # 500 KiB
+    try:
+        for _ in range(3):  # three clients parked mid-DATA, 1.5 MiB held in all
+            client = RawClient(smtp)
+            client.reply()
+            for line in ("EHLO c.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@x.test>", "DATA"):
+                client.send(line + "\r\n")
+                client.reply()
+            client.send(chunk * 1)
+            parked.append(client)
+        time.sleep(0.3)
+        # A fourth message would pass the budget: dropped, and a transient 452 at its end.
+        late = parked[0].__class__(smtp)
+        late.reply()
+        for line in ("EHLO c.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@x.test>", "DATA"):
+            late.send(line + "\r\n")
+            late.reply()
+        late.send(chunk + chunk + b".\r\n")
+        assert late.reply()[0].startswith("452 4.3.1")
+        late.close()
+        # The parked ones finish; their budget comes back and the next message fits again.
+        for client in parked:
+            client.send(b".\r\n")
+            assert client.reply()[0].startswith("250")
+        parked[0].send(b"MAIL FROM:<a@x.test>\r\n")
+        parked[0].reply()
+        parked[0].send(b"RCPT TO:<b@x.test>\r\nDATA\r\n")
+        parked[0].reply()
+        parked[0].reply()
+        parked[0].send(chunk + b".\r\n")
+        assert parked[0].reply()[0].startswith("250")
+    finally:
+        for client in parked:
+            client.close()
+    assert len(smtp.messages) == 4

@@ -19,6 +19,7 @@ from ..scenario import Scenario
 from ..store import MemoryStore, SessionRecord
 from ..tls import server_context
 from .profile import Profile
+from .wire import Budget
 
 log = logging.getLogger("fakesmtp")
 
@@ -68,6 +69,9 @@ class Runtime:
         self.open_sessions = OpenSessions()  # for `concurrent` conditions; outlives swaps
         self.shutting_down = False
         self.errors: list[BaseException] = []
+        # Bodies being received count too: a quarter of the store's memory limit for all of
+        # them together (64 MiB by default); a body past it is dropped and answered 452.
+        self.bodies = Budget(max(store.max_memory // 4, 1024 * 1024))
 
     def _profile(self, scenario: Scenario) -> Profile:
         tls = scenario.server.tls

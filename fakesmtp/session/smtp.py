@@ -770,6 +770,16 @@ class ScenarioSMTP:
         if (await self.answer(Stage.DATA, shown, self.profile.data_go)).code // 100 != 3:
             return
         raw, too_big = await self._read_message()
+        if too_big and self.wire.no_room:
+            # Other sessions' messages fill the memory for bodies: transient, try later.
+            await self.send(
+                Stage.END_OF_DATA,
+                "<message>",
+                fixed_reply(452, "4.3.1", "Insufficient system storage, try again later"),
+            )
+            facts.new_transaction()
+            self._new_transaction()
+            return
         if too_big:
             self.declared_size = len(raw) if raw else self.declared_size
             await self.send(Stage.END_OF_DATA, "<message>", self.profile.data_too_big)
@@ -930,7 +940,7 @@ class ScenarioSMTP:
             settings = self.profile.settings
             # (whole phase, allowance, bytes a second): a trickling client loses its slot.
             pace = (settings.data_timeout, settings.command_timeout, settings.min_data_rate)
-            return await self.wire.read_message(settings.size_limit, pace)
+            return await self.wire.read_message(settings.size_limit, pace, self.runtime.bodies)
         except Closed:
             self.end_reason = self.end_reason or "client vanished during DATA"
             raise SessionOver from None

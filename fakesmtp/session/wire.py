@@ -69,6 +69,8 @@ class Wire(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._deadline = float("inf")
         self._limit = float("inf")  # see limit(): a deadline activity cannot push back
+        self._held = 0  # bytes of the body being read, reserved from a Budget
+        self.no_room = False  # the last body was dropped: no room left for bodies
         self._limit_reason = IDLE
         self._reason = IDLE
         self._timer: asyncio.TimerHandle | None = None
@@ -237,22 +239,48 @@ class Wire(asyncio.Protocol):
             await self._more()
 
     async def read_message(
-        self, limit: int | None, pace: tuple[float, float, float] | None = None
+        self,
+        limit: int | None,
+        pace: tuple[float, float, float] | None = None,
+        budget: Budget | None = None,
     ) -> tuple[bytes, bool]:
         """A DATA body up to the lone dot, dot-stuffing undone: (bytes, over ``limit``).
 
         Past the limit the rest is read and dropped, so the client hears the 552 at the end
         as RFC 5321 4.5.3.1.10 wants. Lines are handled in bulk from the buffer; the task
-        waits only when the buffer holds no complete line.
+        waits only when the buffer holds no complete line. ``budget`` bounds the bytes all
+        sessions hold mid-DATA together: past it this body is dropped too, and ``no_room``
+        says so (the answer is then 452, try later, not 552).
         """
         data = bytearray()
         state = BodyReader(limit)
+        self.no_room = False
+        try:
+            return await self._read_body(data, state, pace, budget)
+        finally:
+            if budget is not None:
+                budget.release(self._held)
+
+    async def _read_body(
+        self,
+        data: bytearray,
+        state: BodyReader,
+        pace: tuple[float, float, float] | None,
+        budget: Budget | None,
+    ) -> tuple[bytes, bool]:
+        self._held = 0
         started, received = self.loop.time(), 0
         while True:
             if self._buffer:
                 done = state.take(self._buffer, data, self.line_limit)
                 self._consume(state.used)
                 received += state.used
+                if budget is not None and not state.too_big and len(data) > self._held:
+                    if budget.reserve(len(data) - self._held):
+                        self._held = len(data)
+                    else:  # every session's bodies together would pass the memory limit
+                        self.no_room = state.too_big = True
+                        data.clear()
                 if pace is not None:
                     # The whole phase has a deadline; within it, time is earned at the
                     # minimum rate, after an allowance for the first lines.
@@ -394,6 +422,26 @@ class Wire(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         self._drain_waiters.clear()
+
+
+class Budget:
+    """Bytes all sessions may hold mid-DATA together (twenty clients parked mid-DATA once held
+    600 MB); each body reserves what it keeps and gives it back when read."""
+
+    __slots__ = ("held", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+
+    def reserve(self, amount: int) -> bool:
+        if self.held + amount > self.size:
+            return False
+        self.held += amount
+        return True
+
+    def release(self, amount: int) -> None:
+        self.held = max(0, self.held - amount)
 
 
 class BodyReader:
