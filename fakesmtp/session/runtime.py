@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..counters import CounterStore, OpenSessions
 from ..engine import Engine, Facts
-from ..scenario import Scenario
+from ..scenario import Scenario, collector_paused
 from ..store import MemoryStore, SessionRecord
 from ..tls import server_context
 from .profile import Profile
@@ -77,7 +77,8 @@ class Runtime:
         tls = scenario.server.tls
         context = self.tls_context(scenario) if tls.starttls or tls.required else None
         counters = self.counters(scenario) if self.counters is not None else None
-        return Profile(scenario, context, counters)
+        with collector_paused():  # a big rule table is built 4x faster without its walks
+            return Profile(scenario, context, counters)
 
     def tls_context(self, scenario: Scenario) -> ssl.SSLContext:
         """From the command line's certificate, else the scenario's, else a generated one."""
