@@ -14,6 +14,7 @@ import email.policy
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -296,14 +297,32 @@ def parse_message(raw: bytes) -> EmailMessage:
 
 
 def exchange_cost(exchange: Exchange) -> int:
-    """Roughly what one exchange costs in memory (the object and its strings)."""
-    return (
-        200
-        + len(exchange.command or "")
-        + len(exchange.reply or "")
-        + len(exchange.rule or "")
-        + len(exchange.note or "")
-    )
+    """What one exchange costs in memory: the object, its strings, the time and a list slot."""
+    cost = 160  # the slotted object (~100), its float, its place in the list, the allocator's
+    for text in (exchange.command, exchange.reply, exchange.rule, exchange.note, exchange.status):
+        if text is not None:
+            cost += sys.getsizeof(text)
+    return cost
+
+
+class Budget:
+    """Bytes all sessions may hold mid-DATA together (twenty clients parked mid-DATA once held
+    600 MB); each body reserves what it keeps and gives it back once read."""
+
+    __slots__ = ("held", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+
+    def reserve(self, amount: int) -> bool:
+        if self.held + amount > self.size:
+            return False
+        self.held += amount
+        return True
+
+    def release(self, amount: int) -> None:
+        self.held = max(0, self.held - amount)
 
 
 def give_back_memory() -> None:
@@ -354,6 +373,10 @@ class MemoryStore:
         self.dropped_messages = 0
         self.dropped_sessions = 0
         self._bytes = 0  # footprints of the messages and ended sessions kept
+        self._session_bytes = 0  # the ended sessions' share of it
+        # Bodies being received come out of the same memory: a quarter of it, shared by all
+        # sessions mid-DATA; the messages and transcripts kept get the rest.
+        self.bodies = Budget(max_memory // 4)
         self._messages: OrderedDict[str, CapturedMessage] = OrderedDict()
         self._sessions: OrderedDict[str, SessionRecord] = OrderedDict()
         self._lock = threading.Lock()
@@ -407,6 +430,7 @@ class MemoryStore:
         with self._lock:
             if record.id in self._sessions:
                 self._bytes += record.kept_bytes
+                self._session_bytes += record.kept_bytes
                 self._evict()
         self.publish("ended", record)
 
@@ -424,21 +448,22 @@ class MemoryStore:
         self.publish("message", message)
 
     def _evict(self) -> None:
-        """Drop the oldest messages and ended sessions while over a limit (lock held)."""
+        """Drop the oldest messages and ended sessions while over a limit (lock held).
+
+        Transcripts may take half the memory at most, so a flood of chatty sessions pushes
+        out older transcripts, not the messages a test is waiting for.
+        """
         while len(self._messages) > self.max_messages:
             self._drop_message()
         while len(self._sessions) > self.max_sessions:
             self._drop_session()
-        while self._bytes > self.max_memory and (self._messages or self._sessions):
-            oldest_message = next(iter(self._messages.values()), None)
-            oldest_session = next(iter(self._sessions.values()), None)
-            if oldest_session is None or (
-                oldest_message is not None
-                and oldest_message.received_at <= oldest_session.started_at
-            ):
-                self._drop_message()
-            else:
-                self._drop_session()
+        limit = self.max_memory - self.bodies.size
+        while self._session_bytes > limit // 2 and self._sessions:
+            self._drop_session()
+        while self._bytes > limit and self._messages:
+            self._drop_message()
+        while self._bytes > limit and self._sessions:
+            self._drop_session()
 
     def _drop_message(self) -> None:
         _, message = self._messages.popitem(last=False)
@@ -450,6 +475,7 @@ class MemoryStore:
         _, record = self._sessions.popitem(last=False)
         if record.ended_at is not None or record.end is not None:
             self._bytes -= record.kept_bytes  # a live one was not counted yet
+            self._session_bytes -= record.kept_bytes
         self.dropped_sessions += 1
 
     def forget_message(self, message: CapturedMessage) -> None:
@@ -497,6 +523,7 @@ class MemoryStore:
                 for record in self._sessions.values():
                     if record.ended_at is not None or record.end is not None:
                         self._bytes -= record.kept_bytes
+                self._session_bytes = 0
                 self._sessions.clear()
         give_back_memory()
 
@@ -737,6 +764,7 @@ class DirStore(MemoryStore):
             for record in sorted(loaded, key=lambda r: r.started_at):
                 self._sessions[record.id] = record
                 self._bytes += record.kept_bytes
+                self._session_bytes += record.kept_bytes
             self._evict()
 
     # -- writing

@@ -215,3 +215,26 @@ def test_bodies_being_received_share_one_memory_budget(serve: Any) -> None:
         for client in parked:
             client.close()
     assert len(smtp.messages) == 4
+
+
+def test_chatty_sessions_push_out_old_transcripts_not_messages(serve: Any) -> None:
+    from .conftest import RawClient
+
+    smtp = serve(api_port=0, max_memory=1024 * KIB)
+    send(smtp, 3)
+    for _ in range(60):  # ~20 KiB of transcript each: more than the memory limit in all
+        client = RawClient(smtp)
+        client.reply()
+        for _ in range(20):
+            client.send(b"NOOP " + b"z" * 900 + b"\r\n")
+            client.reply()
+        client.send(b"QUIT\r\n")
+        client.reply()
+        client.close()
+    deadline = time.monotonic() + 5
+    while health(smtp)["active_sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the last sessions' ends are counted once they are closed
+    store = health(smtp)["store"]
+    assert [m.subject for m in smtp.messages] == ["m0", "m1", "m2"]
+    assert store["dropped_messages"] == 0 and store["dropped_sessions"] > 0
+    assert store["bytes"] <= 1024 * KIB

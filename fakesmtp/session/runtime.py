@@ -19,7 +19,6 @@ from ..scenario import Scenario, collector_paused
 from ..store import MemoryStore, SessionRecord
 from ..tls import server_context
 from .profile import Profile
-from .wire import Budget
 
 log = logging.getLogger("fakesmtp")
 
@@ -71,7 +70,7 @@ class Runtime:
         self.errors: list[BaseException] = []
         # Bodies being received count too: a quarter of the store's memory limit for all of
         # them together (64 MiB by default); a body past it is dropped and answered 452.
-        self.bodies = Budget(max(store.max_memory // 4, 1024 * 1024))
+        self.bodies = store.bodies
 
     def _profile(self, scenario: Scenario) -> Profile:
         tls = scenario.server.tls

@@ -23,6 +23,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..store import Budget
+
 IDLE = "idle timeout"
 
 
@@ -422,26 +424,6 @@ class Wire(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         self._drain_waiters.clear()
-
-
-class Budget:
-    """Bytes all sessions may hold mid-DATA together (twenty clients parked mid-DATA once held
-    600 MB); each body reserves what it keeps and gives it back when read."""
-
-    __slots__ = ("held", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.held = 0
-
-    def reserve(self, amount: int) -> bool:
-        if self.held + amount > self.size:
-            return False
-        self.held += amount
-        return True
-
-    def release(self, amount: int) -> None:
-        self.held = max(0, self.held - amount)
 
 
 class BodyReader:
