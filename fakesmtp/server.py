@@ -219,7 +219,7 @@ class FakeSMTP:
             "max_sessions": max_sessions,
             "max_memory": max_memory,
         }
-        self._keep = Retention.parse(store_keep) if isinstance(store_keep, str) else store_keep
+        self._store_keep = Retention.parse(store_keep) if isinstance(store_keep, str) else store_keep
         self.lmtp = lmtp
         self._loop_kind = loop
         self.reuse_port = reuse_port  # SO_REUSEPORT: --workers' processes share the port
@@ -255,7 +255,7 @@ class FakeSMTP:
         if isinstance(self._store_dir, MemoryStore):  # a store made by the caller (--workers)
             self.store = self._store_dir
         elif self._store_dir is not None:
-            self.store = DirStore(self._store_dir, keep=self._keep, **self._limits)
+            self.store = DirStore(self._store_dir, keep=self._store_keep, **self._limits)
         else:
             self.store = MemoryStore(**self._limits)
         counters = None
