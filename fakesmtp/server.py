@@ -219,7 +219,9 @@ class FakeSMTP:
             "max_sessions": max_sessions,
             "max_memory": max_memory,
         }
-        self._store_keep = Retention.parse(store_keep) if isinstance(store_keep, str) else store_keep
+        if isinstance(store_keep, str):
+            store_keep = Retention.parse(store_keep)
+        self._store_keep = store_keep
         self.lmtp = lmtp
         self._loop_kind = loop
         self.reuse_port = reuse_port  # SO_REUSEPORT: --workers' processes share the port
