@@ -418,14 +418,12 @@ def long_running(kind: str, messages: int, sessions: int, store: Path | None) ->
         }
         if kind == "fakesmtp":
             figures["health"] = _api(api_port, "GET", "/api/v1/health")["store"]
+            if store is not None:
+                figures["disk_mib"] = _size_of(store) / 2**20
             _api(api_port, "DELETE", "/api/v1/messages")
             _api(api_port, "POST", "/api/v1/reset?store=true")
             time.sleep(1.0)
             figures["after_reset"] = sampler.rss()
-            if store is not None:
-                figures["disk_mib"] = (
-                    sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
-                )
         sampler.stop()
         return figures
     finally:
@@ -437,6 +435,10 @@ def long_running(kind: str, messages: int, sessions: int, store: Path | None) ->
             process.wait()
 
 
+def _size_of(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
 def report_long_running(messages: int, sessions: int) -> None:
     started = time.monotonic()
     runs: dict[str, dict[str, object]] = {}
@@ -444,9 +446,6 @@ def report_long_running(messages: int, sessions: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         store = Path(directory) / "store"
         runs["fakesmtp --store"] = long_running("fakesmtp", messages, sessions, store)
-        runs["fakesmtp --store"]["store_after_reset_mib"] = (
-            sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
-        )
     runs["raw aiosmtpd sink"] = long_running("aiosmtpd", messages, sessions, None)
     print(
         f"long-running: {messages} messages of 100 KiB, then {sessions} chatty sessions; "
