@@ -115,7 +115,9 @@ def read(text: str, hints: Hints) -> list[Finding]:
         stage = stage_of(command)
         if rcpt is None and stage == "rcpt" and (addr := BRACKETED.search(command)):
             rcpt = addr[1]
-        rcpt = rcpt or recipient_in(reply)
+        if rcpt is None and stage in (None, "rcpt", "data", "end_of_data"):
+            # An address in a reply to MAIL FROM is the sender's, not a recipient's.
+            rcpt = recipient_in(reply)
         findings.append(
             reply.finding(
                 recipient=rcpt,

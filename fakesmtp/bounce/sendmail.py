@@ -8,7 +8,7 @@ import re
 
 from . import transcript
 from .findings import Event, Finding, Hints, collapse
-from .grammar import BRACKETED, Reply, clean, parse_reply, squash
+from .grammar import BRACKETED, Reply, clean, code_for_status, parse_reply, squash
 
 FAMILY = "Sendmail"
 
@@ -114,8 +114,6 @@ def read_log(text: str, hints: Hints) -> list[Finding]:
             if stat.startswith("Deferred") or dsn is None or relay is None:
                 hints.no_reply.append(stat)
                 continue
-            from .grammar import code_for_status
-
             code = code_for_status(dsn)
             reply = Reply(code, dsn, (clean(detail),))
             notes.append(
