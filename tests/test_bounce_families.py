@@ -891,3 +891,11 @@ def test_text_with_angle_brackets_inside_exchange_2003_brackets_is_whole() -> No
     text, _ = MORE_LAYOUTS["exchange-2003-angle-brackets"]
     (finding,) = parse_bounce(text)
     assert finding.text == ("<jan@example.test>... User unknown",)
+
+
+def test_a_lone_quoted_reply_is_not_taken_for_the_greeting() -> None:
+    """No "while talking to" and no command: only a greeting refusal code reads as one."""
+    (finding,) = parse_bounce("<mia@example.test>:\n<<< 550 5.1.1 <mia@example.test>... unknown\n")
+    assert (finding.code, finding.stage) == (550, None)
+    (finding,) = parse_bounce("<mia@example.test>:\n<<< 554 mx.example.test go away\n")
+    assert (finding.code, finding.stage) == (554, "connect")

@@ -31,6 +31,9 @@ _NAMED = re.compile(
 _HOST_LINE = re.compile(r"^\s+(?P<host>[A-Za-z0-9.-]+\.[A-Za-z]{2,})\s*\[[^\]]*\]:?\s*$")
 
 
+_GREETING_REFUSALS = frozenset({421, 521, 554})
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One reply of a transcript and the command it answered ("" for the greeting)."""
@@ -98,7 +101,9 @@ def read(text: str) -> list[Exchange]:
         if pending:
             command = pending.pop(0)
             stage = stage_of(command)
-        elif replies_seen == 0:
+        elif replies_seen == 0 and (host is not None or reply.code in _GREETING_REFUSALS):
+            # The first reply of a connection the transcript opened: the greeting. Without
+            # a "while talking to" line, only a code servers refuse greetings with says so.
             stage = "connect"
         elif after_data_go_ahead:
             stage = "end_of_data"
