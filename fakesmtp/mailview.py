@@ -25,6 +25,9 @@ from .store import CapturedMessage, MessageTooNested, parse_message
 SNIPPET_LENGTH = 250  # characters, as Mailpit's list shows
 MAX_BODY = 1024 * 1024  # characters of text or HTML kept in a view; the raw route has the rest
 CACHE_SIZE = 512  # views kept; a search over more messages parses the rest again
+# A view holds decoded parts and bodies: bound the cache by what it holds too, so a few large
+# messages cannot pin hundreds of megabytes next to the store's own copy.
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,12 @@ class MailView:
     list_unsubscribe: str = ""
     list_unsubscribe_post: str = ""
     search_text: str = field(default="", repr=False)  # lower-cased headers and bodies
+
+    @property
+    def weight(self) -> int:
+        """About how many bytes this view holds (its texts and decoded parts)."""
+        texts = len(self.body) + len(self.text) + len(self.html) + len(self.search_text)
+        return texts + sum(len(p.payload) + len(p.encoded_body) for p in self.parts)
 
     def part(self, part_id: str) -> Part | None:
         return next((p for p in self.parts if p.part_id == part_id), None)
@@ -259,6 +268,7 @@ def build(message: CapturedMessage) -> MailView:
 
 _cache: OrderedDict[str, MailView] = OrderedDict()
 _cache_lock = threading.Lock()
+_cache_bytes = 0
 
 
 def view(message: CapturedMessage) -> MailView:
@@ -268,9 +278,16 @@ def view(message: CapturedMessage) -> MailView:
         if found is not None:
             _cache.move_to_end(message.id)
             return found
+    global _cache_bytes
     built = build(message)
+    weight = built.weight
+    if weight > CACHE_BYTES // 4:  # one huge message: served, not kept
+        return built
     with _cache_lock:
-        _cache[message.id] = built
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+        if message.id not in _cache:
+            _cache[message.id] = built
+            _cache_bytes += weight
+        while len(_cache) > CACHE_SIZE or _cache_bytes > CACHE_BYTES:
+            _, dropped = _cache.popitem(last=False)
+            _cache_bytes -= dropped.weight
     return built

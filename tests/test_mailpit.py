@@ -333,3 +333,28 @@ def test_send_api_goes_through_smtp_and_the_scenario(http: Http) -> None:
     assert len(http.smtp.messages) == 1
     status, _, body = http("POST", "/api/v1/send", {"To": [{"Email": "x@y.test"}]})
     assert status == 400 and b"From" in body
+
+
+def test_message_views_are_cached_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fakesmtp import mailview
+
+    monkeypatch.setattr(mailview, "CACHE_BYTES", 1_000_000)
+    monkeypatch.setattr(mailview, "_cache", mailview.OrderedDict())
+    monkeypatch.setattr(mailview, "_cache_bytes", 0)
+    with FakeSMTP(api_port=0) as smtp:
+        http = Http(smtp)
+        big = letter("big")
+        big.add_attachment(b"x" * 30_000, maintype="application", subtype="octet-stream",
+                           filename="big.bin")  # fmt: skip
+        for _ in range(12):
+            http.send(big)
+        huge = letter("huge")
+        huge.add_attachment(b"y" * 200_000, maintype="application", subtype="octet-stream",
+                            filename="huge.bin")  # fmt: skip
+        http.send(huge)
+        found = http.json("GET", "/api/v1/search?query=has:attachment&limit=100")
+        assert found["messages_count"] == 13
+    kept = list(mailview._cache.values())
+    assert 0 < len(kept) < 12  # the oldest big ones made room
+    assert sum(v.weight for v in kept) == mailview._cache_bytes <= 1_000_000
+    assert {v.subject for v in kept} == {"big"}  # the huge one was served, not kept
