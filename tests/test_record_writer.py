@@ -111,3 +111,20 @@ def test_upstream_addresses() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was taken")
+
+
+def test_a_long_recording_stays_bounded() -> None:
+    from fakesmtp.record import Recording
+
+    recording = Recording("mx:25", keep_bodies=True, max_sessions=1, max_kept_bodies=10)
+    first, second = recording.open_session("127.0.0.1"), recording.open_session("127.0.0.1")
+    refused = reply("554 5.7.1 Spam")
+    for session in (first, second):
+        for message in (b"short", b"longer than the room left"):
+            recording.add(session, Step(stage=Stage.END_OF_DATA, command="<message>",
+                                        reply=refused, message=message))  # fmt: skip
+    (kept,) = recording.sessions()
+    assert kept.number == 1 and [s.message for s in kept.steps] == [b"short", None]
+    assert (recording.not_recorded, second.number, second.steps) == (1, 2, [])
+    text = scenario_yaml(recording.sessions(), "mx:25", not_recorded=recording.not_recorded)
+    assert "# 1 later session(s) were relayed but not recorded (bound)." in text

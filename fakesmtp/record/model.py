@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..stages import Stage
 
@@ -71,9 +71,15 @@ class RecordedSession:
     tls_capabilities: tuple[str, ...] | None = None
     ehlo_greeting: str | None = None  # the first line of the EHLO reply (the upstream's name...)
     steps: list[Step] = field(default_factory=list)
+    kept: bool = True  # False past the recording's bounds: relayed, not recorded
 
 
 Observer = Callable[[str, RecordedSession], None]
+
+# A recorder left running must not grow without end: past these, sessions are still relayed
+# but no longer recorded (the file says so), and message text is no longer kept.
+MAX_SESSIONS = 10_000
+MAX_KEPT_BODIES = 16 * 1024 * 1024
 
 
 class Recording:
@@ -83,10 +89,20 @@ class Recording:
     readers get copies taken under a lock.
     """
 
-    def __init__(self, upstream: str, *, keep_bodies: bool = False) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        keep_bodies: bool = False,
+        max_sessions: int = MAX_SESSIONS,
+        max_kept_bodies: int = MAX_KEPT_BODIES,
+    ) -> None:
         self.upstream = upstream
         self.keep_bodies = keep_bodies
         self.started_at = time.time()
+        self.max_sessions = max_sessions
+        self.not_recorded = 0  # sessions relayed past max_sessions
+        self._body_room = max_kept_bodies
         self._sessions: list[RecordedSession] = []
         self._lock = threading.Lock()
         self._observers: list[Observer] = []
@@ -97,15 +113,25 @@ class Recording:
 
     def open_session(self, client: str) -> RecordedSession:
         with self._lock:
-            session = RecordedSession(
-                number=len(self._sessions) + 1, client=client, upstream=self.upstream
-            )
-            self._sessions.append(session)
+            number = len(self._sessions) + self.not_recorded + 1
+            session = RecordedSession(number=number, client=client, upstream=self.upstream)
+            if len(self._sessions) < self.max_sessions:
+                self._sessions.append(session)
+            else:
+                session.kept = False
+                self.not_recorded += 1
         return session
 
     def add(self, session: RecordedSession, step: Step) -> None:
+        if step.message is not None:
+            with self._lock:
+                room = self._body_room
+                self._body_room = max(room - len(step.message), 0)
+            if room < len(step.message):
+                step = replace(step, message=None)
         with self._lock:
-            session.steps.append(step)
+            if session.kept:
+                session.steps.append(step)
         self._tell("step", session)
 
     def close_session(self, session: RecordedSession, end: str) -> None:

@@ -242,7 +242,8 @@ class RelaySession:
             recipient=tried if stage is Stage.RCPT else None,
             recipients=tuple(self.recipients),
             size=size,
-            message=message if self.recorder.recording.keep_bodies else None,
+            # --keep-bodies: only a refused message's text is ever shown, so only that is kept.
+            message=message if reply is None or reply.code >= 400 else None,
         )
         self.recorder.recording.add(self.record, step)
 
@@ -538,7 +539,9 @@ class Recorder:
         }
         if self.base is not None:
             return append_yaml(self.base, sessions, self.upstream, source=str(self.out), **options)
-        return scenario_yaml(sessions, self.upstream, **options)
+        return scenario_yaml(
+            sessions, self.upstream, not_recorded=self.recording.not_recorded, **options
+        )
 
     def save(self) -> None:
         """Write the scenario to ``out`` in one step (a reader never sees half a file)."""

@@ -524,8 +524,12 @@ def scenario_yaml(
     *,
     keep_bodies: bool = False,
     delay_threshold: float = DELAY_THRESHOLD,
+    not_recorded: int = 0,
 ) -> str:
-    """The scenario that replays these sessions: a file users can read, edit and serve."""
+    """The scenario that replays these sessions: a file users can read, edit and serve.
+
+    ``not_recorded``: sessions relayed after the recording reached its bound, said in a comment.
+    """
     upstream = describe_upstream(sessions)
     rules, notes = plan_rules(
         sessions, upstream, keep_bodies=keep_bodies, delay_threshold=delay_threshold
@@ -541,6 +545,8 @@ def scenario_yaml(
         f"name: {_quote('recorded-' + _slug(upstream_name))}",
         f"description: {_quote(f'What {upstream_name} answered, recorded by fakesmtp record.')}",
     ]
+    if not_recorded:
+        out.insert(2, f"# {not_recorded} later session(s) were relayed but not recorded (bound).")
     out += _server_yaml(upstream)
     out += [f"# {note}" for note in notes]
     if rules:
