@@ -938,7 +938,8 @@ def record(
     try:
         threshold = parse_duration(delay_threshold)
     except PatternError as error:
-        raise BadInput(f"--delay-threshold: {error}") from None
+        label = option_label(click.get_current_context(), "delay_threshold", delay_threshold)
+        raise BadInput(f"{label}: {error}") from None
     try:
         recorder = Recorder(
             upstream,
@@ -953,8 +954,10 @@ def record(
             delay_threshold=threshold,
         )
     except ValueError as error:  # a bad --upstream, or --append to an invalid file
-        raise BadInput(f"{'--append' if isinstance(error, AppendError) else '--upstream'}: "
-                       f"{error}") from None  # fmt: skip
+        if isinstance(error, AppendError):
+            raise BadInput(f"--append: {error}") from None
+        label = option_label(click.get_current_context(), "upstream", upstream)
+        raise BadInput(f"{label}: {error}") from None
     except OSError as error:
         raise BadInput(f"--out: cannot read {out}: {error.strerror or error}") from None
     if not quiet:

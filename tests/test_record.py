@@ -319,9 +319,12 @@ def test_record_command_listens_relays_and_writes_the_file(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--upstream", "mx.example.test:99999"], "--upstream: '99999' is not a port number"),
+        (
+            ["--upstream", "mx.example.test:99999"],
+            "--upstream mx.example.test:99999: '99999' is not a port number",
+        ),
         (["--upstream", "mx.example.test", "--append"], "--append needs --out FILE"),
-        (["--upstream", "mx.example.test", "--delay-threshold", "soon"], "--delay-threshold:"),
+        (["--upstream", "mx.example.test", "--delay-threshold", "soon"], "--delay-threshold soon:"),
     ],
 )
 def test_record_command_bad_input_is_one_line_and_exit_2(
@@ -507,3 +510,10 @@ def test_bdat_chunks_are_relayed_and_the_last_ones_reply_recorded(
         chunked(replay.host, replay.port, to) for to in ("ok@example.test", "spam@example.test")
     ]
     assert replayed == recorded
+
+
+def test_record_command_names_the_variable_a_bad_value_came_from() -> None:
+    environment = {"FAKESMTP_RECORD_UPSTREAM": "mx.example.test:0"}
+    done = CliRunner().invoke(main, ["record"], env=environment)
+    assert done.exit_code == 2
+    assert done.stderr.startswith("FAKESMTP_RECORD_UPSTREAM=mx.example.test:0: '0' is not a port")
