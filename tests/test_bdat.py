@@ -278,3 +278,34 @@ def test_bdat_size_needs_no_buffering_when_refused(serve, raw_client) -> None:
     assert client.reply() == ["552 5.3.4 Message size exceeds fixed maximum message size"]
     client.send("NOOP\r\n")
     assert client.reply() == ["250 2.0.0 Ok"]
+
+
+def test_kept_chunks_share_the_memory_budget_for_bodies(serve, raw_client) -> None:
+    # max_memory 8 MiB: bodies in flight may hold a quarter of it, 2 MiB, DATA and BDAT alike.
+    server = serve(CHUNKING, max_memory=8 << 20)
+    parked = raw_client(server)
+    open_session(parked)
+    parked.send(bdat(b"p" * (1536 << 10)))  # 1.5 MiB held, the message not finished
+    assert parked.reply()[0].startswith("250 2.0.0 Ok: ")
+    late = raw_client(server)
+    open_session(late)
+    late.send(bdat(b"q" * (1 << 20)))  # 1 MiB more would pass the budget: try later
+    assert late.reply() == ["452 4.3.1 Insufficient system storage, try again later"]
+    parked.send(bdat(b"end\r\n", last=True))  # the parked message ends: its bytes come back
+    assert parked.reply()[0].startswith("250 2.0.0 Ok: queued as ")
+    late.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\n" + bdat(b"q", True))
+    late.reply(), late.reply()
+    assert late.reply()[0].startswith("250 2.0.0 Ok: queued as ")
+    assert len(server.wait_for(2)) == 2
+
+
+def test_a_trickling_chunk_is_cut_at_the_data_pace(serve, raw_client) -> None:
+    # DATA's pace holds for a chunk: after command_timeout's allowance, 500 bytes a second.
+    server = serve(CHUNKING.replace("server:\n", "server:\n  command_timeout: 300ms\n"))
+    client = raw_client(server)
+    open_session(client)
+    client.send(b"BDAT 100000 LAST\r\n" + b"x" * 10)
+    assert client.reply() == ["421 4.4.2 mx.fakesmtp.test Error: timeout exceeded"]
+    assert client.closed()
+    record = server.wait_for_sessions(1)[0]
+    assert record.end == "BDAT too slow or too long" and server.messages == []

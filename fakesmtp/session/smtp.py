@@ -113,6 +113,7 @@ class ScenarioSMTP:
         self.smtputf8 = False
         self.rcpt_attempted = False
         self.chunks: bytearray | None = None  # a BDAT message under way (RFC 3030)
+        self.chunks_held = 0  # of it, the bytes reserved from the runtime's budget for bodies
         self.binarymime = False  # MAIL said BODY=BINARYMIME: only BDAT may carry it
         self.errors = 0
         self.awaiting_command = False
@@ -163,6 +164,9 @@ class ScenarioSMTP:
         if self._finished or self.record is None:
             return
         self._finished = True
+        if self.chunks_held:  # a BDAT message left half-sent gives its bytes back
+            self.runtime.bodies.release(self.chunks_held)
+            self.chunks_held = 0
         self.record.ended_at = time.time()
         self.record.end = self.end_reason or reason
         self.runtime.session_closed(self)
@@ -814,19 +818,31 @@ class ScenarioSMTP:
             return
         size, last = int(syntax[1]), syntax[2] is not None
         problem = self._bdat_problem()
-        limit = profile.settings.size_limit
+        settings = profile.settings
+        limit = settings.size_limit
         too_big = problem is None and bool(limit) and facts.received + size > limit
+        # Kept chunks count against the bytes all sessions may hold mid-message (as DATA's).
+        no_room = problem is None and not too_big and not self.runtime.bodies.reserve(size)
+        keep = problem is None and not too_big and not no_room
+        if keep:
+            self.chunks_held += size
+        # The same pace as DATA's: a trickling client does not hold its slot for ever.
+        pace = (settings.data_timeout, settings.command_timeout, settings.min_data_rate)
         try:
-            chunk = await self.wire.read_exactly(size, keep=problem is None and not too_big)
+            chunk = await self.wire.read_exactly(size, keep=keep, pace=pace)
         except Closed:
-            self.end_reason = "client vanished during BDAT"
+            self.end_reason = self.end_reason or "client vanished during BDAT"
+            self._end_message()
             raise SessionOver from None
         if problem is not None:
             await self.refuse(Stage.BDAT, shown, *problem)
-        if too_big:
+        if too_big or no_room:
             self._end_message()
             # Worded as server.size_replies.end_of_data says: the message turned out too big.
-            await self.send(Stage.BDAT, shown, profile.data_too_big)
+            refusal = profile.data_too_big
+            if no_room:  # other sessions' messages fill the memory for bodies: try later
+                refusal = fixed_reply(452, "4.3.1", "Insufficient system storage, try again later")
+            await self.send(Stage.BDAT, shown, refusal)
             return
         if self.chunks is None:
             self.chunks = bytearray()
@@ -946,6 +962,9 @@ class ScenarioSMTP:
             raise SessionOver from None
 
     def _new_transaction(self) -> None:
+        if self.chunks_held:  # a BDAT message's bytes go back to the budget for bodies
+            self.runtime.bodies.release(self.chunks_held)
+            self.chunks_held = 0
         self.chunks = None
         self.binarymime = False
         self.mail_options = []

@@ -299,24 +299,40 @@ class Wire(asyncio.Protocol):
                 self.limit(started + min(whole, allowance if rate else whole), "DATA deadline")
             await self._more()
 
-    async def read_exactly(self, size: int, *, keep: bool = True) -> bytes:
+    async def read_exactly(
+        self,
+        size: int,
+        *,
+        keep: bool = True,
+        pace: tuple[float, float, float] | None = None,
+    ) -> bytes:
         """Exactly ``size`` bytes (a BDAT chunk); raises ``Closed`` if the client leaves first.
 
         Taken from the buffer as they come, so reading never pauses for a chunk larger than
         the buffer; with ``keep`` False they are read and dropped (a chunk being refused).
+        ``pace`` is DATA's (whole phase, allowance, bytes a second), here for one chunk.
         """
         data = bytearray()
         left = size
-        while left:
-            if not self._buffer:
-                await self._more()
-                continue
-            take = min(left, len(self._buffer))
-            if keep:
-                data += self._buffer[:take]
-            self._consume(take)
-            left -= take
-            self.touch()  # a client sending a long chunk is not idle
+        started = self.loop.time()
+        try:
+            while left:
+                if pace is not None:
+                    whole, allowance, rate = pace
+                    earned = allowance + (size - left) / rate if rate else whole
+                    self.limit(started + min(whole, earned), "BDAT too slow or too long")
+                if not self._buffer:
+                    await self._more()
+                    continue
+                take = min(left, len(self._buffer))
+                if keep:
+                    data += self._buffer[:take]
+                self._consume(take)
+                left -= take
+                self.touch()  # a client sending a long chunk is not idle
+        finally:
+            if pace is not None:
+                self.unlimit()
         return bytes(data)
 
     def discard_input(self) -> None:
