@@ -743,6 +743,7 @@ def test_huge_file_is_refused_cleanly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_deep_mime_nesting_is_refused_cleanly() -> None:
     depth = 1000
     parts = [MAIL_HEAD + 'Content-Type: multipart/mixed; boundary="b0"\n\n']

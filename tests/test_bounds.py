@@ -103,6 +103,7 @@ def test_store_keep_deletes_the_oldest_files(tmp_path: Path) -> None:
     assert len(list((tmp_path / "messages").glob("*.eml"))) == 2
 
 
+@pytest.mark.slow
 def test_start_up_indexes_the_store_without_reading_the_messages(tmp_path: Path) -> None:
     with FakeSMTP(store=tmp_path) as smtp:
         send(smtp, 30, size=100 * KIB)

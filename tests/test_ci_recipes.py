@@ -156,6 +156,7 @@ def test_serve_detach_returns_once_listening_with_the_pid(tmp_path: Path) -> Non
     assert "554 5.7.1 Not here" in log.read_text()
 
 
+@pytest.mark.slow
 def test_serve_detach_that_cannot_start_says_why_and_fails(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - on: rcpt\n    reply: 612\n")

@@ -367,6 +367,7 @@ def test_from_bounce_serve_takes_host_and_api_port(two_taken_ports: tuple[int, i
     ]
 
 
+@pytest.mark.slow
 def test_serve_says_1_rule() -> None:
     from tests.test_cli import Served
 

@@ -45,6 +45,7 @@ def trickle(client: RawClient, every: float, until: float) -> list[str]:
     raise AssertionError("no reply while trickling")
 
 
+@pytest.mark.slow
 def test_a_client_below_the_minimum_data_rate_gets_421(raw_client: Any, serve: Any) -> None:
     smtp = serve(TRICKLE)
     client = raw_client(smtp)
@@ -60,6 +61,7 @@ def test_a_client_below_the_minimum_data_rate_gets_421(raw_client: Any, serve: A
     assert smtp.messages == []
 
 
+@pytest.mark.slow
 def test_the_whole_data_phase_has_a_deadline(raw_client: Any, serve: Any) -> None:
     smtp = serve("server: {data_timeout: 1500ms, min_data_rate: 0}")
     client = raw_client(smtp)
@@ -70,6 +72,7 @@ def test_the_whole_data_phase_has_a_deadline(raw_client: Any, serve: Any) -> Non
     assert 1.3 < time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_a_client_at_a_good_rate_is_not_hurried(raw_client: Any, serve: Any) -> None:
     smtp = serve(TRICKLE)
     client = raw_client(smtp)
@@ -83,6 +86,7 @@ def test_a_client_at_a_good_rate_is_not_hurried(raw_client: Any, serve: Any) -> 
     assert len(smtp.messages) == 1
 
 
+@pytest.mark.slow
 def test_an_auth_exchange_has_a_deadline(raw_client: Any, serve: Any) -> None:
     smtp = serve(
         "server:\n  auth_timeout: 1s\n  auth: {mechanisms: [LOGIN], users: {alice: s3cret}}\n"
@@ -105,6 +109,7 @@ def test_an_auth_exchange_has_a_deadline(raw_client: Any, serve: Any) -> None:
     assert smtp.sessions[0].end == "AUTH deadline"
 
 
+@pytest.mark.slow
 def test_shutdown_answers_421_to_a_client_mid_data() -> None:
     smtp = FakeSMTP().start()
     client = RawClient(smtp)

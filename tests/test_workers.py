@@ -146,6 +146,7 @@ def test_a_swap_through_the_api_reaches_every_worker() -> None:
         assert served.stop()[0] == 0
 
 
+@pytest.mark.slow
 def test_rules_counted_across_connections_are_refused_without_shared_state(
     tmp_path: Path,
 ) -> None:
