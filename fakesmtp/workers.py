@@ -63,10 +63,12 @@ def unshareable_rules(scenario: Scenario, shared_state: bool) -> list[tuple[Rule
     """Rules whose counts or draws would differ between N workers and one process, and why."""
     found = []
     for rule in scenario.rules:
-        counted = rule.times is not None or rule.after
+        volume = getattr(rule, "volume", None) is not None
+        counted = rule.times is not None or rule.after or volume
         if counted and rule.per is not Per.CONNECTION and not shared_state:
             per = "the whole server" if rule.per is Per.SERVER else f"each {rule.per}"
-            found.append((rule, f"counts times/after for {per}, across connections"))
+            what = "volume" if volume else "times/after"
+            found.append((rule, f"counts {what} for {per}, across connections"))
         elif rule.probability is not None and scenario.seed is not None:
             found.append((rule, "draws its probability from the one seeded sequence"))
         elif getattr(rule.match, "concurrent", None) is not None:

@@ -198,3 +198,29 @@ def test_workers_auto_is_one_per_cpu() -> None:
     finally:
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("rule", "shared", "why"),
+    [
+        ("{name: r, on: rcpt, times: 1, per: client, reply: 451}", False,
+         "counts times/after for each client, across connections"),
+        ("{name: r, on: end_of_data, volume: 1MiB, within: 1m, reply: 452}", False,
+         "counts volume for the whole server, across connections"),
+        ("{name: r, on: rcpt, probability: 0.5, reply: 451}", True,
+         "draws its probability from the one seeded sequence"),
+        ("{name: r, on: mail, match: {concurrent: '>3'}, reply: 421}", True,
+         "counts the sessions open at once"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_shared_count_is_named(rule: str, shared: bool, why: str) -> None:
+    from fakesmtp.scenario import load_scenario
+    from fakesmtp.workers import WorkersError, check_shareable
+
+    scenario = load_scenario(f"seed: 7\nrules:\n  - {rule}\n")
+    with pytest.raises(WorkersError) as refused:
+        check_shareable(scenario, 2, shared)
+    assert f"rule 'r' (<text>:3) {why}" in str(refused.value)
+    check_shareable(scenario, 1, False)  # one process, no shared state: exact as ever
+    per_connection = load_scenario("rules:\n  - {on: rcpt, times: 1, per: connection, reply: 451}")
+    check_shareable(per_connection, 2, False)  # counts that live with the connection are fine
