@@ -17,16 +17,17 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import access
+from . import access, mailhog, mailpit, rules_api
+from .endpoint import FAKE, ApiError, Handler, rule_json
 from .metrics import serve_metrics
+from .record import http as record_http
 from .scenario import (
-    Rule,
     Scenario,
     ScenarioError,
     builtin_scenarios,
@@ -46,19 +47,7 @@ MAX_WAIT = 300.0  # seconds a long poll may ask for; past it a proxy or client g
 DEFAULT_WAIT = 10.0
 SHUTDOWN_TIMEOUT = 1.0  # seconds in-flight requests get when the server stops
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FAKE: web.AppKey[FakeSMTP] = web.AppKey("fake")
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
-
-
-class ApiError(Exception):
-    """A request we refuse: becomes ``{"error": message, **details}`` with ``status``."""
-
-    def __init__(self, status: int, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.details = details
 
 
 # --------------------------------------------------------------------------- the routes
@@ -512,25 +501,6 @@ async def explain_code(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- scenario
 
 
-def rule_json(rule: Rule) -> dict[str, Any]:
-    return {
-        "name": rule.label,
-        "on": rule.on.value,
-        "source": str(rule.source),
-        "line": rule.source.line,
-        "match": list(rule.match.keys),
-        "reply": rule.reply.text() if rule.reply is not None else None,
-        "action": rule.action.value if rule.action is not None else None,
-        "delay": rule.delay,
-        "times": rule.times,
-        "after": rule.after,
-        "per": rule.per.value,
-        "within": rule.within,
-        "volume": rule.volume,
-        "probability": rule.probability,
-    }
-
-
 def scenario_json(scenario: Scenario) -> dict[str, Any]:
     return {
         "name": scenario.name,
@@ -648,8 +618,3 @@ async def reset(request: web.Request) -> web.Response:
     if forget:
         done.append("store")
     return web.json_response({"reset": done, "at": time.time()})
-
-
-# Last: these modules read this one's names (FAKE, ApiError, Handler) when they load.
-from . import mailhog, mailpit, rules_api  # noqa: E402
-from .record import http as record_http  # noqa: E402

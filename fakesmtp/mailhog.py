@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .api import FAKE, ApiError, Handler
+from .endpoint import FAKE, ApiError, Handler
 from .mailview import MailView, canonical, iso, view
 from .store import CapturedMessage
 

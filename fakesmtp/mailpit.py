@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import chaos
-from .api import FAKE, ApiError, Handler
+from .endpoint import FAKE, ApiError, Handler
 from .mailview import Address, Part, canonical, iso, view
 from .search import matcher
 from .store import CapturedMessage

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import FAKE, ApiError, Handler, rule_json
+from .endpoint import FAKE, ApiError, Handler, rule_json
 from .scenario import Rule, ScenarioError
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api import FAKE, ApiError, Handler
+from ..endpoint import FAKE, ApiError, Handler
 from ..patterns import PatternError, parse_duration
 from .relay import Recorder
 
