@@ -85,8 +85,6 @@ def _imports(*, type_only: bool = True) -> dict[str, set[str]]:
     return graph
 
 
-
-
 def _layer(module: str) -> int:
     """A module's layer; a package's modules share the package's; a new module sits on top."""
     for name in (module, module.partition(".")[0]):
