@@ -216,3 +216,22 @@ def test_a_body_rule_on_deeply_nested_mime_is_not_our_bug(serve: Any) -> None:
                 client.sendmail("a@app.test", ["b@x.test"], nested_mime(depth))
             assert (refused.value.smtp_code, refused.value.smtp_error) == (554, b"5.7.1 No")
     assert smtp.errors == []  # the fixture fails the test on any internal error, too
+
+
+def test_deep_input_at_the_command_line_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from fakesmtp.cli import main
+
+    deep_yaml = tmp_path / "deep.yaml"
+    deep_yaml.write_text("rules:\n" + "".join(" " * n + "a:\n" for n in range(1, 1100)))
+    result = CliRunner().invoke(main, ["validate", str(deep_yaml)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{deep_yaml}:1000: yaml: not valid YAML: exceeded maximum nesting depth" in (
+        result.output
+    )
+    bounce = tmp_path / "deep.eml"
+    bounce.write_bytes(nested_mime(1000))
+    result = CliRunner().invoke(main, ["from-bounce", str(bounce)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nested deeper" in result.output
