@@ -900,3 +900,16 @@ def test_a_lone_quoted_reply_is_not_taken_for_the_greeting() -> None:
     assert (finding.code, finding.stage) == (550, None)
     (finding,) = parse_bounce("<mia@example.test>:\n<<< 554 mx.example.test go away\n")
     assert (finding.code, finding.stage) == (554, "connect")
+
+
+def test_a_remote_reply_using_network_words_is_still_a_reply() -> None:
+    """Never a false "no reply": a policy refusal may say "connection refused" itself."""
+    text = (
+        "Final-Recipient: rfc822; ned@example.test\nAction: failed\nStatus: 5.7.1\n"
+        "Diagnostic-Code: smtp; 554 5.7.1 Connection refused by policy\n"
+    )
+    (finding,) = parse_bounce(text)
+    assert (finding.code, finding.status) == (554, "5.7.1")
+    expired = text.replace("5.7.1 Connection refused by policy", "4.4.2 Connection timed out")
+    with pytest.raises(BounceError, match="no SMTP reply"):
+        parse_bounce(expired.replace("Status: 5.7.1", "Status: 4.4.2"))

@@ -198,25 +198,42 @@ def wrapped_after(lines: list[str], i: int, first: str) -> tuple[str, int]:
 # expiry, a local program). When a bounce's only reply carries them, and no remote server is
 # quoted ("said:", "<<<"), there is nothing a mock server could reproduce.
 _LOCAL_WORDS = re.compile(
-    r"\b(?:host unknown|host not found|name server:|no such domain|domain not found"
+    r"\b(?:host not found|name server:"
     r"|host does not accept mail|does not accept mail \(nullmx\)|null mx"
-    r"|connection (?:timed out|refused)|timed out while|no route to host|network is unreachable"
-    r"|message expired|unable to deliver in \d+ minutes|dns query failed|no mx record"
+    r"|timed out while|message expired|unable to deliver in \d+ minutes|dns query failed"
     r"|operating system error|retry timeout exceeded|all hosts .{0,80}?have been failing"
     r"|retry time not reached|all relevant MX records point to non-existent hosts"
     r"|malformed or unexpected name server reply|unknown mail domain"
     r"|unrouteable address|loops back to myself|delivery time expired"
-    r"|nonexistent domain|SMTPSEND\.DNS|network error on destination|DNS lookup failed"
-    r"|unable to connect to|could not connect to"
+    r"|nonexistent domain|SMTPSEND\.DNS|network error on destination"
     r"|message timed out|lost connection with|DNS Error:|address resolution of"
     r"|did not accept our requests to connect)",
     re.IGNORECASE,
 )
+# Words a remote server may also use in a reply of its own ("554 5.7.1 Connection refused by
+# policy"): the sending MTA's only when the status is about routing or the network (X.4.x,
+# X.1.2 bad destination system, X.7.27 null MX), or when there is no status at all.
+_LOCAL_WORDS_WEAK = re.compile(
+    r"\b(?:host unknown|no such domain|domain not found|connection (?:timed out|refused)"
+    r"|no route to host|network is unreachable|no mx record|DNS lookup failed"
+    r"|unable to connect to|could not connect to)",
+    re.IGNORECASE,
+)
+_LOCAL_STATUS = re.compile(r"^[45]\.(?:4\.\d+|1\.2|7\.27)$")
 
 
-def looks_local(text: str) -> bool:
-    """Whether the words are the reporting server's own (DNS, network, expiry), not a reply."""
-    return _LOCAL_WORDS.search(text) is not None
+def looks_local(text: str, status: str | None = None) -> bool:
+    """Whether the words are the reporting server's own (DNS, network, expiry), not a reply.
+
+    `status` is the reply's enhanced status; read from the text when not given.
+    """
+    if _LOCAL_WORDS.search(text) is not None:
+        return True
+    if _LOCAL_WORDS_WEAK.search(text) is None:
+        return False
+    if status is None and (line := parse_reply_line(text.strip())) is not None:
+        status = line.status or _status_after_noise(line.code, line.text)[1]
+    return status is None or _LOCAL_STATUS.match(status) is not None
 
 
 # --------------------------------------------------------------------------------------------
