@@ -216,7 +216,8 @@ _LOCAL_WORDS = re.compile(
 _LOCAL_WORDS_WEAK = re.compile(
     r"\b(?:host unknown|no such domain|domain not found|connection (?:timed out|refused)"
     r"|no route to host|network is unreachable|no mx record|DNS lookup failed"
-    r"|unable to connect to|could not connect to)",
+    r"|unable to connect to|could not connect to|no answer from host|read error from"
+    r"|timeout waiting for input|Deferred:)",
     re.IGNORECASE,
 )
 _LOCAL_STATUS = re.compile(r"^[45]\.(?:4\.\d+|1\.2|7\.27)$")
