@@ -81,8 +81,8 @@ def _name_variables_by_flag(ctx: click.Context, command: click.Command) -> None:
                 param.envvar = f"{ctx.auto_envvar_prefix}_{flag}"
 
 
-class EnvCommand(click.Command):
-    """A command whose bad option values from the environment are reported as variables."""
+class _NamesVariables(click.Command):
+    """Options read from variables named by their flags; a bad value from one names it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         _name_variables_by_flag(ctx, self)
@@ -93,7 +93,11 @@ class EnvCommand(click.Command):
             raise
 
 
-class EnvGroup(click.Group):
+class EnvCommand(_NamesVariables):
+    """A command whose bad option values from the environment are reported as variables."""
+
+
+class EnvGroup(_NamesVariables, click.Group):
     """A group whose commands and subgroups are EnvCommands and EnvGroups."""
 
     command_class = EnvCommand
@@ -106,14 +110,6 @@ class EnvGroup(click.Group):
         elif type(cmd) is click.Group:
             cmd.__class__ = EnvGroup
         super().add_command(cmd, name)
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        _name_variables_by_flag(ctx, self)
-        try:
-            return super().parse_args(ctx, args)
-        except click.BadParameter as error:
-            _name_the_variable(ctx, error)
-            raise
 
 
 def known_variables(command: click.Command, prefix: str = PREFIX) -> Iterator[str]:
