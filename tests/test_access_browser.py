@@ -9,7 +9,6 @@ passes the token on and requests without it get 401.
 from __future__ import annotations
 
 import http.server
-import os
 import smtplib
 import threading
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ import pytest
 
 from fakesmtp import FakeSMTP
 
+from .chromium import chromium
 from .conftest import served
-from .test_page import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +57,6 @@ FORM_PAGE = b"""<!doctype html><title>evil</title>
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api",
-        reason="the playwright package is not installed (pip install playwright)",
-    )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     rules = "--host-resolver-rules=MAP evil.test 127.0.0.1, MAP rebind.test 127.0.0.1"
     # Chromium's own local-network guard would stop some of these requests before they reach
     # us; other browsers have none, so it is off: the server must hold on its own.
@@ -71,14 +64,8 @@ def browser() -> Iterator[Any]:
         "--disable-features=LocalNetworkAccessChecks,PrivateNetworkAccessSendPreflights,"
         "BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessRespectPreflightResults"
     )
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, rules, unguarded]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium(rules, unguarded) as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ leaves a screenshot in test-artifacts/page.png for a person to look at.
 
 from __future__ import annotations
 
-import os
-import shutil
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,22 +15,12 @@ import pytest
 
 from fakesmtp import FakeSMTP
 
+from .chromium import chromium
 from .conftest import served
 
 pytestmark = pytest.mark.slow  # a real Chromium
 
-CHROMIUM = os.environ.get("FAKESMTP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 SCENARIO = """
 name: page-demo
@@ -61,18 +49,8 @@ def catalog_available() -> bool:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api",
-        reason="the playwright package is not installed (pip install playwright)",
-    )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def send(smtp: FakeSMTP, to: list[str], subject: str, body: str = "Hello there") -> None:
