@@ -26,7 +26,8 @@ import pytest
 from fakesmtp import FakeSMTP
 from fakesmtp.record import Recorder
 from fakesmtp.scenario import load_scenario_text
-from tests.postfix_upstream import GREYLISTED, SIZE_LIMIT, USERS, postfix_upstream, why_not
+from tests.postfix import why_not
+from tests.postfix_upstream import GREYLISTED, SIZE_LIMIT, USERS, postfix_upstream
 
 pytestmark = [
     pytest.mark.skipif(why_not() is not None, reason=why_not() or ""),
