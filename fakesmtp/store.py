@@ -385,7 +385,8 @@ class MemoryStore:
 
     # -- observers
     def subscribe(self, observer: Observer) -> Callable[[], None]:
-        """Call ``observer(kind, item)`` for "session", "exchange", "ended", "message" events."""
+        """Call ``observer(kind, item)`` for "session", "exchange", "ended", "message" events
+        (and "dropped": a message acknowledged but not kept, with ``--no-capture``)."""
         self._observers.append(observer)
         return lambda: self._observers.remove(observer) if observer in self._observers else None
 
