@@ -106,26 +106,40 @@ class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        # Frames made in one turn of the loop leave in one write: under load, many sessions
-        # report in the same turn, and one system call beats one per frame.
+        # Frames leave together: those someone waits for (a message, an acknowledgement) at
+        # the end of this turn of the loop, the others (a session opened or ended) within
+        # LATER seconds. Each write wakes the other process, and on a busy machine every
+        # wake-up takes a core from the sessions.
         self.outgoing: list[bytes] = []
+        self.flush_soon: asyncio.Handle | None = None
+        self.flush_later: asyncio.TimerHandle | None = None
 
     @classmethod
     async def over(cls, sock: socket.socket) -> Channel:
         reader, writer = await asyncio.open_connection(sock=sock)
         return cls(reader, writer)
 
-    def send(self, *frame: Any) -> None:
+    LATER = 0.005  # seconds a frame nobody waits for may wait for company
+
+    def send(self, *frame: Any, waited_for: bool = True) -> None:
         if self.writer.is_closing():
             raise ConnectionError("the other process has gone")
         data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-        if not self.outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
         self.outgoing += (_LENGTH.pack(len(data)), data)
+        loop = asyncio.get_running_loop()
+        if waited_for:
+            if self.flush_soon is None:
+                self.flush_soon = loop.call_soon(self._flush)
+        elif self.flush_later is None and self.flush_soon is None:
+            self.flush_later = loop.call_later(self.LATER, self._flush)
 
     def _flush(self) -> None:
+        for handle in (self.flush_soon, self.flush_later):
+            if handle is not None:
+                handle.cancel()
+        self.flush_soon = self.flush_later = None
         data, self.outgoing = b"".join(self.outgoing), []
-        if not self.writer.is_closing():
+        if data and not self.writer.is_closing():
             self.writer.write(data)
 
     async def receive(self) -> tuple[Any, ...] | None:
@@ -156,12 +170,12 @@ class RelayStore(MemoryStore):
 
     def open_session(self, record: SessionRecord) -> None:
         # The record itself: pickling a slotted dataclass is C work, unlike a JSON round trip.
-        self.channel.send("session", record)
+        self.channel.send("session", record, waited_for=False)
         self.publish("session", record)
 
     def close_session(self, record: SessionRecord) -> None:
         with contextlib.suppress(ConnectionError):  # the supervisor left: nobody to tell
-            self.channel.send("ended", record)
+            self.channel.send("ended", record, waited_for=False)
         self.publish("ended", record)
 
     async def save_message(self, message: CapturedMessage, session: SessionRecord) -> None:
