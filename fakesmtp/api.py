@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import access, mailhog, mailpit, rules_api
-from .endpoint import FAKE, ApiError, Handler, rule_json
+from .endpoint import FAKE, ApiError, Handler, rule_json, store_of
 from .metrics import serve_metrics
 from .record import http as record_http
 from .scenario import (
@@ -210,19 +210,12 @@ def _fake(request: web.Request) -> FakeSMTP:
     return request.app[FAKE]
 
 
-def _store(request: web.Request) -> Any:
-    store = _fake(request).store
-    if store is None:  # cannot happen while the API runs; said plainly if it ever does
-        raise ApiError(503, "the SMTP server is not running")
-    return store
-
-
 # --------------------------------------------------------------------------- health, page
 
 
 async def health(request: web.Request) -> web.Response:
     fake = _fake(request)
-    store = _store(request)
+    store = store_of(request)
     runtime = fake.runtime
     return web.json_response(
         {
@@ -254,7 +247,7 @@ def _newest_first(items: Iterable[Any], limit: int | None) -> list[Any]:
 
 async def list_messages(request: web.Request) -> web.Response:
     """Newest first, ``start`` and ``limit`` paging; ours and Mailpit's fields in one answer."""
-    store = _store(request)
+    store = store_of(request)
     limit = _int(request, "limit", None)
     start = _int(request, "start", 0) or 0
     match = message_filter(request)
@@ -266,7 +259,7 @@ async def list_messages(request: web.Request) -> web.Response:
 
 async def wait_messages(request: web.Request) -> web.Response:
     """Long poll: answer once ``count`` messages (matching the filters) are stored."""
-    store = _store(request)
+    store = store_of(request)
     count = _int(request, "count", 1, minimum=1)
     assert count is not None
     timeout = _float(request, "timeout", DEFAULT_WAIT, MAX_WAIT)
@@ -298,7 +291,7 @@ async def wait_messages(request: web.Request) -> web.Response:
 
 def _message(request: web.Request) -> CapturedMessage:
     message_id = request.match_info["id"]
-    message = _store(request).message(message_id)
+    message = store_of(request).message(message_id)
     if message is None:
         raise ApiError(404, f"no message {message_id!r} (deleted, or dropped past the limit)")
     return message
@@ -323,7 +316,7 @@ async def delete_messages(request: web.Request) -> web.Response:
 
     JSON for every client: Mailpit's reads the body as text, MailHog's parses it.
     """
-    store = _store(request)
+    store = store_of(request)
     ids = await mailpit.requested_ids(request)
     if ids:
         return web.json_response({"deleted": len(store.delete_messages(ids))})
@@ -427,7 +420,7 @@ def session_summary(record: SessionRecord) -> dict[str, Any]:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    store = _store(request)
+    store = store_of(request)
     limit = _int(request, "limit", None)
     everything = store.sessions()
     return web.json_response(
@@ -440,14 +433,14 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def delete_sessions(request: web.Request) -> web.Response:
     """Forget every session's transcript; messages stay (``DELETE /api/v1/messages`` for those)."""
-    store = _store(request)
+    store = store_of(request)
     deleted = len(store.sessions())
     store.clear(messages=False, sessions=True)
     return web.json_response({"deleted": deleted})
 
 
 async def get_session(request: web.Request) -> web.Response:
-    store = _store(request)
+    store = store_of(request)
     session_id = request.match_info["id"]
     record = store.session(session_id)
     if record is None:

@@ -1,4 +1,4 @@
-"""What every route module shares with api.py: the app key, the handler type, the refusal.
+"""What every route module shares with api.py: the app key, handler type, refusal and store.
 
 api.py mounts the route modules (mailpit, mailhog, rules_api, record.http); they all need these
 few names, so they live here, below all of them, instead of in api.py (which would make each
@@ -16,6 +16,7 @@ from .scenario import Rule
 
 if TYPE_CHECKING:
     from .server import FakeSMTP
+    from .store import MemoryStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAKE: web.AppKey[FakeSMTP] = web.AppKey("fake")
@@ -29,6 +30,14 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.details = details
+
+
+def store_of(request: web.Request) -> MemoryStore:
+    """The running server's store, for a handler that reads or changes messages or sessions."""
+    store = request.app[FAKE].store
+    if store is None:  # cannot happen while the API runs; said plainly if it ever does
+        raise ApiError(503, "the SMTP server is not running")
+    return store
 
 
 def rule_json(rule: Rule) -> dict[str, Any]:

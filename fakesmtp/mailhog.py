@@ -8,16 +8,13 @@ top level), so a client finds the text of a nested multipart/alternative too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from .endpoint import FAKE, ApiError, Handler
+from .endpoint import ApiError, Handler, store_of
 from .mailview import MailView, canonical, iso, view
 from .store import CapturedMessage
-
-if TYPE_CHECKING:
-    from .store import MemoryStore
 
 DEFAULT_LIMIT = 50  # MailHog's page size
 KINDS = ("from", "to", "containing")
@@ -29,13 +26,6 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/api/v2/search", search),
         ("DELETE", "/api/v1/messages/{id}", delete_message),
     ]
-
-
-def _store(request: web.Request) -> MemoryStore:
-    store = request.app[FAKE].store
-    if store is None:
-        raise ApiError(503, "the SMTP server is not running")
-    return store
 
 
 def _path(address: str) -> dict[str, Any]:
@@ -100,7 +90,7 @@ def _page(request: web.Request) -> tuple[int, int]:
 def _answer(request: web.Request, found: list[CapturedMessage]) -> web.Response:
     """Newest first, as MailHog lists them."""
     start, limit = _page(request)
-    store = _store(request)
+    store = store_of(request)
     shown = found[start : start + limit]
     items = []
     for message in shown:
@@ -112,7 +102,7 @@ def _answer(request: web.Request, found: list[CapturedMessage]) -> web.Response:
 
 
 async def list_messages(request: web.Request) -> web.Response:
-    return _answer(request, _store(request).messages()[::-1])
+    return _answer(request, store_of(request).messages()[::-1])
 
 
 def _holds(kind: str, needle: str, message: CapturedMessage) -> bool:
@@ -133,13 +123,13 @@ async def search(request: web.Request) -> web.Response:
     if kind not in KINDS:
         raise ApiError(400, f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     needle = request.query.get("query", "").lower()
-    found = [m for m in _store(request).messages()[::-1] if _holds(kind, needle, m)]
+    found = [m for m in store_of(request).messages()[::-1] if _holds(kind, needle, m)]
     return _answer(request, found)
 
 
 async def delete_message(request: web.Request) -> web.Response:
     """MailHog's ``DELETE /api/v1/messages/{id}`` (also ours)."""
     message_id = request.match_info["id"]
-    if not _store(request).delete_messages([message_id]):
+    if not store_of(request).delete_messages([message_id]):
         raise ApiError(404, f"no message {message_id!r}")
     return web.json_response({"deleted": 1})

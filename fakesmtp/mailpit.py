@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import chaos
-from .endpoint import FAKE, ApiError, Handler
+from .endpoint import FAKE, ApiError, Handler, store_of
 from .mailview import Address, Part, canonical, iso, view
 from .search import matcher
 from .store import CapturedMessage
@@ -23,7 +23,6 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .server import FakeSMTP
-    from .store import MemoryStore
 
 # Which messages were opened: Mailpit marks a message read when one fetches it.
 READ: web.AppKey[set[str]] = web.AppKey("mailpit_read", set)
@@ -64,13 +63,6 @@ def _fake(request: web.Request) -> FakeSMTP:
     return request.app[FAKE]
 
 
-def _store(request: web.Request) -> MemoryStore:
-    store = _fake(request).store
-    if store is None:
-        raise ApiError(503, "the SMTP server is not running")
-    return store
-
-
 def _address(address: Address) -> dict[str, str]:
     return {"Name": address.name, "Address": address.address}
 
@@ -91,7 +83,7 @@ def _attachment(part: Part) -> dict[str, Any]:
 
 
 def _username(request: web.Request, message: CapturedMessage) -> str:
-    record = _store(request).session(message.session_id)
+    record = store_of(request).session(message.session_id)
     return (record.user or "") if record is not None else ""
 
 
@@ -182,7 +174,7 @@ def listing(
 
 
 def _message(request: web.Request) -> CapturedMessage:
-    store = _store(request)
+    store = store_of(request)
     wanted = request.match_info["id"]
     if wanted == "latest":
         messages = store.messages()
@@ -263,14 +255,14 @@ def matching(request: web.Request, query: str) -> list[CapturedMessage]:
     """Stored messages matching a Mailpit search, newest first."""
     match = matcher(query)
     read = request.app[READ]
-    return [m for m in reversed(_store(request).messages()) if match(view(m), m.id in read)]
+    return [m for m in reversed(store_of(request).messages()) if match(view(m), m.id in read)]
 
 
 async def search(request: web.Request) -> web.Response:
     query = _query(request)
     start, limit = _page(request)
     found = matching(request, query)
-    everything = _store(request).messages()
+    everything = store_of(request).messages()
     shown = found[start : start + limit]
     # Newest first like the native list; `found` already is, so pass it through as is.
     body = listing(request, everything, found, shown, start)
@@ -280,7 +272,7 @@ async def search(request: web.Request) -> web.Response:
 
 async def delete_search(request: web.Request) -> web.Response:
     found = matching(request, _query(request))
-    _store(request).delete_messages([m.id for m in found])
+    store_of(request).delete_messages([m.id for m in found])
     return web.Response(text="ok")
 
 
@@ -294,7 +286,7 @@ async def set_read(request: web.Request) -> web.Response:
     if query:
         ids = [m.id for m in matching(request, query)]
     elif not ids:
-        ids = [m.id for m in _store(request).messages()]
+        ids = [m.id for m in store_of(request).messages()]
     read = request.app[READ]
     if body.get("Read"):
         read.update(ids)
@@ -356,7 +348,7 @@ async def send(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    store = _store(request)
+    store = store_of(request)
     messages = store.messages()
     read = request.app[READ]
     return web.json_response(
@@ -399,7 +391,7 @@ async def tags(request: web.Request) -> web.Response:
 
 async def alive(request: web.Request) -> web.Response:
     """Mailpit's ``/livez`` and ``/readyz``: 200 once the server listens."""
-    _store(request)
+    store_of(request)
     return web.Response(text="ok")
 
 
