@@ -4,6 +4,7 @@ like Postfix's smtpd_min_data_rate) and a whole AUTH exchange; shutdown says 421
 from __future__ import annotations
 
 import base64
+import signal
 import threading
 import time
 from typing import Any
@@ -138,3 +139,28 @@ def test_deadline_settings_are_checked(text: str, message: str) -> None:
     with pytest.raises(ScenarioError) as caught:
         load_scenario_text(text, "s.yaml")
     assert message in str(caught.value) and "s.yaml:1" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_sigterm_answers_421_to_a_client_mid_data_when_grace_ends() -> None:
+    from .test_cli import Served
+
+    served = Served("--port", "0", "--no-api", "--quiet")
+    client = RawClient("127.0.0.1", served.port)
+    try:
+        into_data(client)
+        client.send(b"Subject: half\r\n\r\nstill sending")
+        time.sleep(0.2)
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        client.sock.settimeout(15)
+        reply = client.reply()  # after the grace period (5 s), not a silent cut
+        assert reply[0].startswith("421 4.3.2"), reply
+        assert 4 < time.monotonic() - started < 12
+        assert client.closed()
+    finally:
+        client.close()
+        if served.process.poll() is None:
+            served.process.send_signal(signal.SIGTERM)  # (again, if the test failed early)
+    served.process.communicate(timeout=15)
+    assert served.process.returncode == 0
