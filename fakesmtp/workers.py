@@ -112,7 +112,7 @@ class Channel:
         # wake-up takes a core from the sessions.
         self.outgoing: list[bytes] = []
         self.flush_soon: asyncio.Handle | None = None
-        self.flush_later: asyncio.TimerHandle | None = None
+        self.flush_later: asyncio.Task[None] | None = None
 
     @classmethod
     async def over(cls, sock: socket.socket) -> Channel:
@@ -131,12 +131,18 @@ class Channel:
             if self.flush_soon is None:
                 self.flush_soon = loop.call_soon(self._flush)
         elif self.flush_later is None and self.flush_soon is None:
-            self.flush_later = loop.call_later(self.LATER, self._flush)
+            self.flush_later = loop.create_task(self._flush_after(self.LATER))
+
+    async def _flush_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.flush_later = None
+        self._flush()
 
     def _flush(self) -> None:
-        for handle in (self.flush_soon, self.flush_later):
-            if handle is not None:
-                handle.cancel()
+        if self.flush_soon is not None:
+            self.flush_soon.cancel()
+        if self.flush_later is not None:
+            self.flush_later.cancel()
         self.flush_soon = self.flush_later = None
         data, self.outgoing = b"".join(self.outgoing), []
         if data and not self.writer.is_closing():
