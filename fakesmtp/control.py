@@ -15,7 +15,7 @@ import time
 import click
 
 from .cli_env import EnvGroup
-from .remote import Api, ApiUnreachable, api_options
+from .remote import Api, ApiUnreachable, api_options, timeout_option
 from .suggest import plural
 
 
@@ -24,14 +24,7 @@ def api_of(api: str, token: str | None) -> Api:
 
 
 @click.command("wait-ready")
-@click.option(
-    "--timeout",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="S",
-    help="Seconds to wait before giving up (exit status 1).",
-)
+@timeout_option("Seconds to wait before giving up (exit status 1).")
 @api_options
 def wait_ready(timeout: float, api: str, api_token: str | None, as_json: bool) -> None:
     """Wait until a server's API answers (exit 1 on timeout).

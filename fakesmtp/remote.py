@@ -110,6 +110,30 @@ def api_options(function: F) -> F:
     return function
 
 
+def timeout_option(help: str) -> Callable[[F], F]:
+    """``--timeout S``, the same on every command that waits: 30 seconds unless said."""
+    return click.option(
+        "--timeout",
+        default=30.0,
+        show_default=True,
+        type=click.FloatRange(0),
+        metavar="S",
+        help=help,
+    )
+
+
+def count_option(what: str) -> Callable[[F], F]:
+    """``--count N`` of a waiting command: how many ``what`` it waits for (one unless said)."""
+    return click.option(
+        "--count",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1),
+        metavar="N",
+        help=f"How many {what} to wait for.",
+    )
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -199,22 +223,8 @@ def raw_message(message_id: str, api: str, api_token: str | None, as_json: bool)
 
 
 @messages.command("wait")
-@click.option(
-    "--count",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    metavar="N",
-    help="How many messages to wait for.",
-)
-@click.option(
-    "--timeout",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="S",
-    help="Seconds to wait before giving up.",
-)
+@count_option("messages")
+@timeout_option("Seconds to wait before giving up.")
 @click.option("--to", metavar="PATTERN", help="Count only messages to a matching recipient.")
 @click.option("--subject", metavar="PATTERN", help="Count only messages with a matching subject.")
 @api_options
@@ -320,22 +330,8 @@ def raw_session(session_id: str, api: str, api_token: str | None, as_json: bool)
 
 
 @sessions.command("wait")
-@click.option(
-    "--count",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    metavar="N",
-    help="How many ended sessions to wait for.",
-)
-@click.option(
-    "--timeout",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="S",
-    help="Seconds to wait before giving up.",
-)
+@count_option("ended sessions")
+@timeout_option("Seconds to wait before giving up.")
 @api_options
 def wait_sessions(
     count: int, timeout: float, api: str, api_token: str | None, as_json: bool
