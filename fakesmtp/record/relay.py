@@ -263,14 +263,14 @@ class RelaySession:
     # ------------------------------------------------------------------ HELO, EHLO, STARTTLS
 
     async def relay_HELO(self, line: bytes, arg: str) -> None:
-        reply = await self._ask(Stage.HELO, self._shown(line), line, tried=arg.strip())
-        if reply.code < 400:
-            self.helo = arg.strip()
-            self._new_transaction()
-        await self._pass(reply)
+        await self._greet(Stage.HELO, line, arg)
 
     async def relay_EHLO(self, line: bytes, arg: str) -> None:
-        reply = await self._ask(Stage.EHLO, self._shown(line), line, tried=arg.strip())
+        await self._greet(Stage.EHLO, line, arg)
+
+    async def _greet(self, stage: Stage, line: bytes, arg: str) -> None:
+        """HELO or EHLO: a greeting the upstream accepts names the client and starts afresh."""
+        reply = await self._ask(stage, self._shown(line), line, tried=arg.strip())
         if reply.code < 400:
             self.helo = arg.strip()
             self._new_transaction()
