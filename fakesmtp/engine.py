@@ -8,17 +8,14 @@ and a command is decided by one scenario, never half of each.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import inspect
 import random
 import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .counters import CounterStore, MemoryCounters, OpenSessions
 from .patterns import TextMatcher
@@ -27,6 +24,9 @@ from .scenario import Match, Rule, Scenario
 from .stagefilter import stage_filter
 from .stages import MESSAGE_KEYS, Action, Per, Stage
 from .store import MessageTooNested, parse_message
+
+if TYPE_CHECKING:  # the email package is imported when a rule first reads a message
+    from email.message import EmailMessage
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: one per session
@@ -71,6 +71,9 @@ class Facts:
         if self._message is not None:
             return self._message
         if self._headers is None:
+            import email.policy  # (the email package is imported when a rule first needs it)
+            from email.parser import BytesHeaderParser
+
             parser = BytesHeaderParser(policy=email.policy.default)
             self._headers = parser.parsebytes(self.raw or b"")  # type: ignore[assignment]
         return self._headers  # type: ignore[return-value]

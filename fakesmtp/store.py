@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import json
 import logging
 import os
@@ -21,10 +19,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the email package is imported when a message is first read, not at start
+    from email.message import EmailMessage
 
 from .reply import parse_reply_line
 
@@ -246,6 +245,9 @@ class CapturedMessage:
         if self._subject is not None:
             return self._subject or None
         if self._headers is None:
+            import email.policy
+            from email.parser import BytesHeaderParser
+
             self._headers = BytesHeaderParser(policy=email.policy.default).parsebytes(self.raw)
         value = self._headers.get("subject")
         return None if value is None else str(value)
@@ -293,6 +295,8 @@ def parse_message(raw: bytes) -> EmailMessage:
             f"{containers} multipart parts: more than the {MAX_MIME_CONTAINERS} "
             "fakesmtp parses (the raw message is kept whole)"
         )
+    import email.policy
+
     return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
 
 
