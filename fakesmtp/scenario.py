@@ -977,12 +977,94 @@ def _load_text(text: str, source: str, file_check: Callable[[str], bool] | None)
             column=mistake.column if excerpt else None,
         )
         raise ScenarioError([problem]) from None
+    # Aliases need an anchor, and an anchor is written with '&': a file without one has none,
+    # and its cost is already proportional to its length.
+    if root is not None and "&" in text:
+        alias_problem = _alias_problem(root, source)
+        if alias_problem is not None:
+            raise ScenarioError([alias_problem])
     builder = _Builder(source, file_check)
     scenario = builder.scenario(root, text)
     _dismantle(root)
     if builder.read.problems or scenario is None:
         raise ScenarioError(builder.read.problems)
     return scenario
+
+
+# How many nodes aliases may add to a scenario once expanded. The composed graph shares an
+# aliased node, but validation walks it once per use: ten levels of ten aliases each ("billion
+# laughs") is a few hundred bytes and 10**10 visits. A shared `match:` used by 10,000 rules adds
+# about 100,000; past this bound a load would take seconds for no scenario anyone writes.
+ALIAS_EXPANSION_LIMIT = 1_000_000
+
+
+def _alias_problem(root: yaml.Node, source: str) -> Problem | None:
+    """A Problem if aliases loop or expand the document past ALIAS_EXPANSION_LIMIT, else None.
+
+    One pass over the distinct nodes (each shared node is sized once), so a bomb costs what
+    its text costs. Iterative: libyaml allows 1,000 levels, more than Python's recursion.
+    """
+    sizes: dict[int, int] = {}  # id(node) -> nodes it stands for once aliases are expanded
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children = _children(node)
+        if children_done:
+            in_progress.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            continue
+        if key in sizes:
+            continue
+        if key in in_progress:
+            return Problem(
+                source,
+                node.start_mark.line + 1,
+                "yaml",
+                "an alias here refers to a node that contains it; a scenario cannot loop",
+            )
+        in_progress.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in in_progress:  # a loop: the anchor's node is still being sized
+                return Problem(
+                    source,
+                    child.start_mark.line + 1,
+                    "yaml",
+                    "an alias refers to this node from inside it; a scenario cannot loop",
+                )
+            if id(child) not in sizes:
+                stack.append((child, False))
+    total, written = sizes[id(root)], len(sizes)
+    if total - written <= ALIAS_EXPANSION_LIMIT:
+        return None
+    # Point at the smallest part that alone passes the bound: where the repetition is.
+    node = root
+    while True:
+        biggest = max(_children(node), key=lambda child: sizes[id(child)], default=None)
+        if biggest is None or sizes[id(biggest)] <= ALIAS_EXPANSION_LIMIT:
+            break
+        node = biggest
+    return Problem(
+        source,
+        node.start_mark.line + 1,
+        "yaml",
+        f"aliases expand this scenario to {total:,} nodes from {written:,} written "
+        f"({sizes[id(node)]:,} here); at most {ALIAS_EXPANSION_LIMIT:,} more than written "
+        "are allowed",
+    )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _dismantle(root: yaml.Node | None) -> None:

@@ -235,3 +235,91 @@ def test_deep_input_at_the_command_line_is_one_line_and_exit_2(tmp_path: Any) ->
     result = CliRunner().invoke(main, ["from-bounce", str(bounce)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "nested deeper" in result.output
+
+
+def laughs(levels: int = 10) -> str:
+    """A "billion laughs" in the shape of a scenario: each header list names the one above ten
+    times, so ten levels stand for 10**10 strings in a few hundred bytes."""
+    lines = ["rules:", "- on: end_of_data", "  reply: 550", "  match:", "    header:"]
+    lines.append("      a0: &a0 [x, x, x, x, x, x, x, x, x, x]")
+    lines += [f"      a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def valid_fanout(n: int = 110) -> str:
+    """Aliases where every level is valid, so the validator really walks them all: n rules,
+    each with n headers of n patterns (a million compiled patterns from 2 KB; 3.5 s before)."""
+    patterns = ", ".join(["*s"] * n)
+    headers = ", ".join(f"h{i}: *p" for i in range(1, n))
+    return (
+        "rules:\n- &r\n  on: end_of_data\n  reply: 550\n  match:\n"
+        f"    header: {{h0: &p [&s 'x*', {patterns}], {headers}}}\n"
+        + "".join("- *r\n" for _ in range(n))
+    )
+
+
+@pytest.mark.parametrize(("body", "line"), [(laughs(), 11), (valid_fanout(), 2)])
+def test_an_alias_bomb_is_refused_at_once(smtp: FakeSMTP, body: str, line: int) -> None:
+    assert len(body) < 2200
+    with Prober(smtp):
+        started = time.perf_counter()
+        status, data = put(smtp, body.encode())
+        took = time.perf_counter() - started
+    assert status == 400
+    (problem,) = data["problems"]
+    assert (problem["line"], problem["key"]) == (line, "yaml")
+    assert problem["message"].startswith("aliases expand this scenario to ")
+    assert "at most 1,000,000 more than written are allowed" in problem["message"]
+    assert took < 0.5, took
+    assert smtp.errors == []
+    # The scenario in force is untouched.
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
+        assert client.sendmail("a@app.test", ["b@x.test"], b"Subject: x\r\n\r\nx\r\n") == {}
+
+
+def test_an_alias_bomb_at_the_command_line_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from fakesmtp.cli import main
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(laughs())
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["validate", str(bomb)])
+    took = time.perf_counter() - started
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == (
+        f"{bomb}:11: yaml: aliases expand this scenario to 12,345,679,032 nodes from 42 "
+        "written (1,111,111 here); at most 1,000,000 more than written are allowed"
+    )
+    assert took < 0.5, took
+
+
+def test_an_alias_that_contains_itself_is_refused(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from fakesmtp.cli import main
+
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("rules: &r\n  - on: rcpt\n    reply: 550\n    match: {to: *r}\n")
+    result = CliRunner().invoke(main, ["validate", str(loop)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == (
+        f"{loop}:1: yaml: an alias refers to this node from inside it; a scenario cannot loop"
+    )
+
+
+def test_ordinary_anchors_and_aliases_still_load(smtp: FakeSMTP) -> None:
+    # One shared match and reply for many rules: 2,000 uses add ~10,000 nodes, far from the bound.
+    body = (
+        "rules:\n"
+        "  - {on: rcpt, match: &m {to: ['*@x.test', '*@y.test']}, reply: &no 550 5.1.1 No}\n"
+        + "".join(f"  - {{on: rcpt, match: *m, reply: *no, name: r{n}}}\n" for n in range(2000))
+    )
+    status, data = put(smtp, body.encode())
+    assert status == 200 and len(data["rules"]) == 2001
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=5) as client:
+        client.ehlo()
+        client.mail("a@app.test")
+        assert client.rcpt("b@y.test") == (550, b"5.1.1 No")
+        assert client.rcpt("b@z.test")[0] == 250
