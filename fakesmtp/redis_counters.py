@@ -92,9 +92,13 @@ class RedisConnection:
     """One client (a connection pool) per process, shared by every scenario's counters."""
 
     def __init__(self, url: str) -> None:
-        import redis.asyncio  # only --state pays for importing it
-
         self.url = check_url(url)
+        try:
+            import redis.asyncio  # only --state pays for importing it
+        except ImportError:
+            raise StateError(
+                f"--state {url}: the Redis client is not installed: pip install 'fakesmtp[redis]'"
+            ) from None
         self.client: Any = redis.asyncio.Redis.from_url(url)
         self.script: Any = self.client.register_script(_HIT)
 
