@@ -913,3 +913,8 @@ def test_a_remote_reply_using_network_words_is_still_a_reply() -> None:
     expired = text.replace("5.7.1 Connection refused by policy", "4.4.2 Connection timed out")
     with pytest.raises(BounceError, match="no SMTP reply"):
         parse_bounce(expired.replace("Status: 5.7.1", "Status: 4.4.2"))
+
+
+def test_a_charset_name_no_codec_can_have_is_read_as_utf8() -> None:
+    text = MAIL_HEAD + 'Content-Type: text/plain; charset="ut\x00f-8"\n\n' + SAMPLES["postfix"].text
+    assert parse_bounce(text)[0].code == 554

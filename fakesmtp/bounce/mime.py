@@ -127,7 +127,7 @@ def decoded(part: email.message.Message) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return payload.decode(charset, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):  # an unknown charset, or a name no codec can have
         return payload.decode("utf-8", errors="replace")
 
 
