@@ -533,6 +533,15 @@ class FakeSMTP:
             self._on_loop(lambda: runtime.use(loaded))
         return loaded
 
+    def prepare(self, scenario: Scenario) -> Scenario:
+        """The scenario ``use()`` would swap in, its rule table built here: call it from a
+        worker thread, then ``use()`` the result on the loop (the API's PUT does), so the loop
+        only swaps. Raises as ``use()`` would for a certificate it cannot load."""
+        loaded = self._load(scenario)
+        if self.runtime is not None:
+            self.runtime.prepare(loaded)
+        return loaded
+
     def on(self, stage: str, **options: Any) -> RuleBuilder:
         """Add a rule from Python, the same as one written in YAML::
 
