@@ -25,8 +25,11 @@ _STATUS_AFTER_NOISE = re.compile(
     r"^(?:(?P<code>[2-5][0-5]\d)[ -])?(?P<hash>#)?(?P<quote>['\"])?"
     r"(?P<status>[245]\.\d{1,3}\.\d{1,3})(?=[\s'\"]|$)\s*"
 )
-# qmail and servers in its tradition end the text with the status: "... list (#5.7.1)".
-_QMAIL_STATUS = re.compile(r"\(#([245]\.\d{1,3}\.\d{1,3})\)\s*\.?\s*$")
+# qmail and servers in its tradition end the text with the status: "... list (#5.7.1)"; its
+# chkuser patch names itself after it: "(#5.1.1 - chkuser)".
+_QMAIL_STATUS = re.compile(
+    r"\(#([245]\.\d{1,3}\.\d{1,3})(?:\s+-\s+[A-Za-z][\w.-]{0,30})?\)\s*\.?\s*$"
+)
 # A later reply inside a positive one: a greeting "220-name" cut short by "421 4.2.1 ...".
 _REFUSAL_INSIDE = re.compile(r"(?<=\s)(?=[45][0-5]\d[ -])")
 
@@ -388,7 +391,9 @@ _SENDER_LINE = re.compile(
     r"|\bMAIL\s+FROM\s*:|\benvelope-from\b",
     re.IGNORECASE | re.MULTILINE,
 )
-_RECIPIENTS_AFTER = re.compile(r"\brecipients?\b", re.IGNORECASE)
+# Words after a reply that introduce the address it was about: "The following recipients were
+# affected:", or the envelope a bounce lists below the error ("RCPT TO: bob@...").
+_RECIPIENTS_AFTER = re.compile(r"\brecipients?\b|\bRCPT\s+TO\b", re.IGNORECASE)
 
 
 def recipient_before(text: str, pos: int) -> str | None:
@@ -400,19 +405,23 @@ def recipient_before(text: str, pos: int) -> str | None:
         if not _SENDER_LINE.search(text, line_start, m.start()):
             return m.group(0).rstrip(".")
     end = min(len(text), pos + LOOK_BACK // 2)
-    after = ADDRESS.search(text, pos, end)
-    if after is not None and _RECIPIENTS_AFTER.search(text, pos, after.start()):
-        return after.group(0).rstrip(".")
-    return None
+    # The first address after the recipient words, passing over others (the sender's in an
+    # envelope listed as "MAIL FROM: ... RCPT TO: ...").
+    words = _RECIPIENTS_AFTER.search(text, pos, end)
+    after = ADDRESS.search(text, words.end(), end) if words else None
+    return after.group(0).rstrip(".") if after is not None else None
 
 
 def recipient_in(reply: Reply) -> str | None:
-    """The <address> a reply names, unless the reply is about the sender."""
+    """The address a reply names, unless the reply is about the sender: one in <brackets>, else
+    the only bare one ("550 5.1.1 No such user bob@example.test", Lotus Notes and others)."""
     joined = " ".join(reply.text)
-    addr = BRACKETED_ADDRESS.search(joined)
-    if addr and not SENDER_WORD.search(joined):
+    if SENDER_WORD.search(joined):
+        return None
+    if addr := BRACKETED_ADDRESS.search(joined):
         return addr[1]
-    return None
+    bare = {a.rstrip(".") for a in ADDRESS.findall(joined)}
+    return bare.pop() if len(bare) == 1 else None
 
 
 _HOST_WORDS = re.compile(

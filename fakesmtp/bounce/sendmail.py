@@ -8,7 +8,15 @@ import re
 
 from . import transcript
 from .findings import Event, Finding, Hints, collapse
-from .grammar import BRACKETED, Reply, clean, code_for_status, parse_reply, squash
+from .grammar import (
+    BRACKETED,
+    Reply,
+    clean,
+    code_for_status,
+    parse_reply,
+    recipient_in,
+    squash,
+)
 
 FAMILY = "Sendmail"
 
@@ -56,7 +64,12 @@ def read(text: str, hints: Hints) -> list[Finding]:
                 "Sendmail shows DATA both for the DATA command and for the end of the "
                 "message; assumed end_of_data, where content is refused"
             )
-        rcpts: list[str | None] = [ex.recipient] if ex.recipient else list(failed) or [None]
+        # No RCPT in the transcript: the addresses listed above it, else the one written
+        # just above the transcript ("Recipient: <bob@...>", as appliances in this layout do),
+        # else the one the reply names.
+        rcpts: list[str | None] = (
+            [ex.recipient] if ex.recipient else list(failed) or [ex.named or recipient_in(ex.reply)]
+        )
         for rcpt in rcpts:
             findings.append(
                 ex.reply.finding(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fakesmtp.reply import parse_reply_line
 
 from .findings import Finding
-from .grammar import ADDRESS, BRACKETED, Reply, parse_reply, squash, stage_of
+from .grammar import ADDRESS, BRACKETED, Reply, parse_reply, recipient_in, squash, stage_of
 
 # Sendmail, Courier, and many appliances write "... while talking to HOST:" per connection.
 TALKING = re.compile(
@@ -147,7 +147,7 @@ def read_findings(text: str, family: str, failed: list[str] | None = None) -> li
         if ex.recipient or ex.named:
             rcpts = [ex.recipient or ex.named]
         else:
-            rcpts = list(failed or []) or [None]
+            rcpts = list(failed or []) or [recipient_in(ex.reply)]
         for rcpt in rcpts:
             findings.append(
                 ex.reply.finding(
