@@ -412,16 +412,16 @@ def recipient_before(text: str, pos: int) -> str | None:
     return after.group(0).rstrip(".") if after is not None else None
 
 
-def recipient_in(reply: Reply) -> str | None:
+def recipient_in(reply: Reply, *, bare: bool = True) -> str | None:
     """The address a reply names, unless the reply is about the sender: one in <brackets>, else
-    the only bare one ("550 5.1.1 No such user bob@example.test", Lotus Notes and others)."""
+    (with `bare`) the only bare one ("550 5.1.1 No such user bob@example.test", Lotus Notes)."""
     joined = " ".join(reply.text)
     if SENDER_WORD.search(joined):
         return None
     if addr := BRACKETED_ADDRESS.search(joined):
         return addr[1]
-    bare = {a.rstrip(".") for a in ADDRESS.findall(joined)}
-    return bare.pop() if len(bare) == 1 else None
+    found = {a.rstrip(".") for a in ADDRESS.findall(joined)} if bare else set()
+    return found.pop() if len(found) == 1 else None
 
 
 _HOST_WORDS = re.compile(

@@ -66,9 +66,12 @@ def read(text: str, hints: Hints) -> list[Finding]:
             )
         # No RCPT in the transcript: the addresses listed above it, else the one written
         # just above the transcript ("Recipient: <bob@...>", as appliances in this layout do),
-        # else the one the reply names.
+        # else the one the reply names in <brackets> (a bare one may be anyone: "you cannot
+        # send to yourself (bob@...)").
         rcpts: list[str | None] = (
-            [ex.recipient] if ex.recipient else list(failed) or [ex.named or recipient_in(ex.reply)]
+            [ex.recipient]
+            if ex.recipient
+            else list(failed) or [ex.named or recipient_in(ex.reply, bare=False)]
         )
         for rcpt in rcpts:
             findings.append(

@@ -147,7 +147,7 @@ def read_findings(text: str, family: str, failed: list[str] | None = None) -> li
         if ex.recipient or ex.named:
             rcpts = [ex.recipient or ex.named]
         else:
-            rcpts = list(failed or []) or [recipient_in(ex.reply)]
+            rcpts = list(failed or []) or [recipient_in(ex.reply, bare=False)]
         for rcpt in rcpts:
             findings.append(
                 ex.reply.finding(
