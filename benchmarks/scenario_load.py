@@ -96,13 +96,14 @@ def main() -> None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(40)
         return
     print(
-        f"{'rules':>8} {'MiB':>5} {'fakesmtp cpu':>13} {'wall':>6} {'yaml.load cpu':>14} {'ratio':>6}"
+        f"{'rules':>8} {'MiB':>5} {'fakesmtp cpu':>13} {'wall':>6}",
+        f"{'yaml.load cpu':>14} {'ratio':>6}",
     )
     for count in args.rules or [1_000, 10_000, 100_000]:
         text = scenario_text(count)
         assert len(load_scenario_text(text, "big.yaml").rules) == count
-        ours, ours_wall = timed(lambda: load_scenario_text(text, "big.yaml"), args.runs)
-        theirs, _ = timed(lambda: yaml.load(text, Loader=loader), args.runs)
+        ours, ours_wall = timed(lambda text=text: load_scenario_text(text, "big.yaml"), args.runs)
+        theirs, _ = timed(lambda text=text: yaml.load(text, Loader=loader), args.runs)
         print(
             f"{count:>8,} {len(text) / 2**20:>5.1f} {ours:>12.3f}s {ours_wall:>5.2f}s"
             f" {theirs:>13.3f}s {ours / theirs:>5.2f}x"
