@@ -1351,6 +1351,143 @@ UNSEEN_LAYOUTS = {
         ),
         ("mia@example.test", 553, "5.1.8", "mail"),
     ),
+    "exchange2007": (
+        (
+            "Delivery has failed to these recipients or distribution lists:\n"
+            "\n"
+            "el@example.test\n"
+            "The recipient's e-mail address was not found in the recipient's e-mail system.\n"
+            "\n"
+            "Sent by Microsoft Exchange Server 2007\n"
+            "\n"
+            "Diagnostic information for administrators:\n"
+            "\n"
+            "Generating server: ex1.example.test\n"
+            "\n"
+            "el@example.test\n"
+            "mx.example.test #550 5.1.1 User unknown ##\n"
+        ),
+        ("el@example.test", 550, "5.1.1", None),
+    ),
+    "exim-mailfrom-size": (
+        (
+            "A message that you sent could not be delivered to one or more of its\n"
+            "recipients. This is a permanent error. The following address(es) failed:\n"
+            "\n"
+            "  amy@example.test\n"
+            "    SMTP error from remote mail server after MAIL "
+            "FROM:<alice@shop.example.test> SIZE=2048:\n"
+            "    host mx.example.test [192.0.2.60]: 553 5.1.8 Sender address domain does "
+            "not exist\n"
+        ),
+        ("amy@example.test", 553, "5.1.8", "mail"),
+    ),
+    "exim-pipelined": (
+        (
+            "A message that you sent could not be delivered to one or more of its\n"
+            "recipients. This is a permanent error. The following address(es) failed:\n"
+            "\n"
+            "  bo@example.test\n"
+            "    SMTP error from remote mail server after pipelined RCPT "
+            "TO:<bo@example.test>:\n"
+            "    host mx.example.test [192.0.2.61]: 550 5.1.1 No such recipient\n"
+        ),
+        ("bo@example.test", 550, "5.1.1", "rcpt"),
+    ),
+    "sendmail-data": (
+        (
+            "   ----- The following addresses had permanent fatal errors -----\n"
+            "<di@example.test>\n"
+            "    (reason: 554 5.7.1 Message refused as spam)\n"
+            "\n"
+            "   ----- Transcript of session follows -----\n"
+            "... while talking to mx.example.test.:\n"
+            ">>> DATA\n"
+            "<<< 554 5.7.1 Message refused as spam\n"
+            "554 5.0.0 Service unavailable\n"
+        ),
+        ("di@example.test", 554, "5.7.1", "end_of_data"),
+    ),
+    "mxlogic": (
+        (
+            "This message was created automatically by mail delivery software.\n"
+            "\n"
+            "A message that you sent could not be delivered to one or more of its\n"
+            "recipients. This is a permanent error. The following address(es) failed:\n"
+            "\n"
+            "  io@example.test\n"
+            "    SMTP error from remote mail server after RCPT TO:<io@example.test>:\n"
+            "    host mx.example.test [192.0.2.64]:\n"
+            "    550 Invalid recipient <io@example.test> (#5.1.1)\n"
+        ),
+        ("io@example.test", 550, "5.1.1", "rcpt"),
+    ),
+    "qmail-ldap": (
+        (
+            "Hi. This is the qmail-send program at relay.example.test.\n"
+            "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+            "This is a permanent error; I've given up. Sorry it didn't work out.\n"
+            "\n"
+            "<mo@example.test>:\n"
+            "192.0.2.65 does not like recipient.\n"
+            "Remote host said: 550 5.1.1 <mo@example.test>: Recipient address rejected\n"
+            "Giving up on 192.0.2.65.\n"
+        ),
+        ("mo@example.test", 550, "5.1.1", "rcpt"),
+    ),
+    "gmail-new": (
+        (
+            "** Address not found **\n"
+            "\n"
+            "Your message wasn't delivered to hy@example.test because the address "
+            "couldn't be found, or is unable to receive mail.\n"
+            "\n"
+            "The response from the remote server was:\n"
+            "550 5.1.1 <hy@example.test>: Recipient address rejected: User unknown in "
+            "virtual mailbox table\n"
+        ),
+        ("hy@example.test", 550, "5.1.1", None),
+    ),
+    "postfix-data-dsn": (
+        MAIL_HEAD
+        + (
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n'
+            "\n"
+            "--b\n"
+            "Content-Type: text/plain\n"
+            "\n"
+            "This is the mail system at host relay.example.test.\n"
+            "\n"
+            "<gu@example.test>: host mx.example.test[192.0.2.63] said: 552 5.2.2 Mailbox\n"
+            "    full (in reply to end of DATA command)\n"
+            "\n"
+            "--b\n"
+            "Content-Type: message/delivery-status\n"
+            "\n"
+            "Reporting-MTA: dns; relay.example.test\n"
+            "\n"
+            "Final-Recipient: rfc822; gu@example.test\n"
+            "Original-Recipient: rfc822;gu@example.test\n"
+            "Action: failed\n"
+            "Status: 5.2.2\n"
+            "Remote-MTA: dns; mx.example.test\n"
+            "Diagnostic-Code: smtp; 552 5.2.2 Mailbox full\n"
+            "\n"
+            "--b--\n"
+        ),
+        ("gu@example.test", 552, "5.2.2", "end_of_data"),
+    ),
+    "messagelabs": (
+        (
+            "Delivery has failed to these recipients or distribution lists:\n"
+            "\n"
+            "ja@example.test\n"
+            "The recipient's e-mail address was not found.\n"
+            "\n"
+            "Reported error: 550 5.1.1 <ja@example.test>... User unknown\n"
+        ),
+        ("ja@example.test", 550, "5.1.1", None),
+    ),
 }
 
 
@@ -1407,6 +1544,13 @@ UNSEEN_LOCAL_FAILURES = {
         "    The recipient name is not recognized\n"
         "\tThe MTS-ID of the original message is: c=US;a= ;p=Shop;l=MAIL0001\n"
         "    MSEXCH:IMS:Shop:Site:MAIL 0 (000C05A6) Unknown Recipient\n"
+    ),
+    "exim-retry": (
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n"
+        "\n"
+        "  cy@example.test\n"
+        "    retry timeout exceeded\n"
     ),
 }
 

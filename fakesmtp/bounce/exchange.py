@@ -13,7 +13,10 @@ FAMILY = "Exchange"
 _REPLY = re.compile(
     r"(?:Remote Server|Server at (?P<hosta>[^\s']+)(?:\s+\([^)\n]*\))?) returned"
     r" '(?P<a>[^\n]{0,2000})'"
-    r"|^[ \t]*#(?P<b>[2-5][0-5]\d[ -].*?)\s*##"
+    # "#550 5.1.1 ... ##", after the name of the server that answered when it was remote
+    # ("mx.example.net #550 5.1.1 User unknown ##", Exchange 2007 to 2013).
+    r"|^[ \t]*(?:(?P<hostb>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)[ \t]+)?"
+    r"#(?P<b>[2-5][0-5]\d[ -].*?)\s*##"
     r"|<(?P<hostc>[^\s<>#]+)\s+#\d\.\d{1,3}\.\d{1,3}\s+smtp;\s*"
     r"(?P<c>[2-5][0-5]\d[ -][^\n]{0,2000}?)>[ \t]*$"
     r"|^[ \t]*Reported error:\s*(?P<d>[2-5][0-5]\d[ -][^\n]*)",
@@ -38,7 +41,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             hints.local_failure = True
             continue
         notes: list[str] = []
-        host = m["hostc"] or m["hosta"] or (remote["host"] if remote else None)
+        host = m["hostc"] or m["hosta"] or m["hostb"] or (remote["host"] if remote else None)
         if host is None and generator is not None:
             host = generator["host"]
             notes.append(
