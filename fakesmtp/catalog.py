@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pprint import pformat
 from types import MappingProxyType
 from typing import Any
 
+from . import catalog_defaults
 from .reply import parse_reply_line
 from .stages import Stage
 
@@ -357,16 +359,64 @@ def default_reply(code: int, stage: str | None = None) -> tuple[str | None, str]
     A code the catalog does not list gets ``<class>.0.0`` (for 2, 4 and 5) and a text worded
     from its digits. Raises ValueError for a number that is not a reply code at all.
     """
-    _check_code(code)
-    entry = _catalog().codes.get(code)
-    if entry is not None:
-        return entry.status_for(stage), entry.text_for(stage)
-    first = str(code)[0]
+    # Answered from catalog_defaults, the table generated from this catalog (a test keeps the
+    # two equal), so a server loading `reply: 550` never parses the whole catalog.
+    return catalog_defaults.default_reply(code, stage)
+
+
+def defaults_module_source() -> str:
+    """The text of catalog_defaults.py: each code's default status and text, and the digits'.
+
+    Regenerate after editing catalog.yaml:
+    ``python -c "from fakesmtp import catalog; print(catalog.defaults_module_source(), end='')"
+    > fakesmtp/catalog_defaults.py``
+    """
+    codes = {
+        entry.code: (
+            entry.status,
+            entry.text,
+            dict(entry.stage_status),
+            dict(entry.stage_text),
+        )
+        for entry in _catalog().codes.values()
+    }
     digits = _catalog().digits
-    second = digits["second"].get(int(str(code)[1]))
-    qualifier = f" ({second['short']})" if second else ""
-    status_text = f"{first}.0.0" if first in "245" else None
-    return status_text, f"{digits['first'][int(first)]['short']}{qualifier}"
+    first = {digit: value["short"] for digit, value in digits["first"].items()}
+    second = {digit: value["short"] for digit, value in digits["second"].items()}
+    return _DEFAULTS_TEMPLATE.format(codes=pformat(codes), first=first, second=second)
+
+
+_DEFAULTS_TEMPLATE = '''"""Default reply texts, generated from catalog.yaml by catalog.py.
+
+Do not edit: regenerate (tests/test_catalog.py checks the two agree). Loading a scenario with a
+bare ``reply: 550`` needs only these, not the whole catalog (parsing it costs start-up ~60 ms).
+"""
+
+from __future__ import annotations
+
+# code: (status, text, {{stage: status}}, {{stage: text}})
+CODES: dict[int, tuple[str | None, str, dict[str, str | None], dict[str, str]]] = {codes}
+
+FIRST_DIGIT: dict[int, str] = {first}
+SECOND_DIGIT: dict[int, str] = {second}
+
+
+def default_reply(code: int, stage: str | None = None) -> tuple[str | None, str]:
+    """See catalog.default_reply."""
+    if not 100 <= code <= 599:
+        raise ValueError(f"{{code}} is not an SMTP reply code: the first digit must be 1 to 5")
+    entry = CODES.get(code)
+    if entry is not None:
+        status, text, stage_status, stage_text = entry
+        if stage is not None:
+            return stage_status.get(stage, status), stage_text.get(stage, text)
+        return status, text
+    first = str(code)[0]
+    second = SECOND_DIGIT.get(int(str(code)[1]))
+    qualifier = f" ({{second}})" if second else ""
+    status_text = f"{{first}}.0.0" if first in "245" else None
+    return status_text, f"{{FIRST_DIGIT[int(first)]}}{{qualifier}}"
+'''
 
 
 def kind_of(code: int) -> str:

@@ -607,11 +607,11 @@ def _address_reply(local_part: str) -> tuple[Stage, Reply] | None:
     match = _ADDRESS_RE.match(local_part)
     if not match:
         return None
-    from . import catalog
+    from . import catalog_defaults  # the generated table: no catalog.yaml parse per address
 
     stage = Stage((match["stage"] or "rcpt").lower())
     code = int(match["code"])
-    default_status, text = catalog.default_reply(code, stage.value)
+    default_status, text = catalog_defaults.default_reply(code, stage.value)
     status = match["status"] if match["status"] and match["status"][0] == str(code)[0] else None
     try:
         return stage, Reply.make(code, status or default_status, text)

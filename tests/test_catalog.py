@@ -411,3 +411,16 @@ def test_import_does_not_parse_the_yaml() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "0"
+
+
+def test_generated_default_table_matches_the_catalog() -> None:
+    """catalog_defaults.py (what a server loading `reply: 550` reads) says what catalog.yaml says;
+    after editing catalog.yaml, regenerate it as catalog.defaults_module_source() explains."""
+    from fakesmtp import catalog_defaults
+
+    generated: dict[str, object] = {}
+    exec(catalog.defaults_module_source(), generated)
+    assert generated["CODES"] == catalog_defaults.CODES
+    assert generated["FIRST_DIGIT"] == catalog_defaults.FIRST_DIGIT
+    assert generated["SECOND_DIGIT"] == catalog_defaults.SECOND_DIGIT
+    assert len(catalog_defaults.CODES) == len(catalog.codes())

@@ -17,7 +17,7 @@ import fakesmtp
 PACKAGE = Path(fakesmtp.__file__).parent
 # What sits below what: a module may import only from its own layer or a lower one.
 LAYERS = [
-    {"stages", "patterns", "reply", "tls", "suggest", "eventloop", "version"},
+    {"stages", "patterns", "reply", "tls", "suggest", "eventloop", "version", "catalog_defaults"},
     {"yaml_errors", "access", "cli_env"},
     {"catalog", "scenario", "transcript"},
     {"store", "metrics", "mailview", "search", "mailpit_send"},
