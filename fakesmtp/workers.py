@@ -8,10 +8,11 @@ The design, kept plain on purpose:
   the one store, so ``/api/v1/messages``, ``/messages/wait``, sessions and ``--store DIR`` see
   every worker's traffic, as with one process.
 - A worker talks to the supervisor over a private socket pair (length-prefixed pickles: both
-  ends are our own processes). It reports a session when it opens and its transcript when it
-  ends, and hands over each message *before* its 250: the worker waits for the supervisor's
-  acknowledgement (after the disk write with ``--store``), so a message a client saw accepted
-  is already in the API, and a supervisor that cannot keep it makes the worker answer 451.
+  ends are our own processes). It reports a session with its first message (or when it ends,
+  if it has none) and its transcript when it ends, and hands over each message *before* its
+  250: the worker waits for the supervisor's acknowledgement (after the disk write with
+  ``--store``), so a message a client saw accepted is already in the API, and a supervisor that
+  cannot keep it makes the worker answer 451.
 - Scenario swaps and counter resets made through the API are passed on to every worker;
   ``/metrics`` asks every worker for its counts and adds them up.
 - Counts that span connections (``times``/``after`` per server, client, sender, recipient or
@@ -173,14 +174,18 @@ class RelayStore(MemoryStore):
         super().__init__(max_messages=0, max_sessions=0)
         self.channel = channel
         self.pending: dict[str, asyncio.Future[str | None]] = {}
+        self.told: set[str] = set()  # sessions the supervisor holds a record of
 
     def open_session(self, record: SessionRecord) -> None:
-        # The record itself: pickling a slotted dataclass is C work, unlike a JSON round trip.
-        self.channel.send("session", record, waited_for=False)
+        # Not reported yet: the supervisor first hears of a session with its first message (the
+        # record rides in the same frame) or when it ends. One frame fewer per session, and a
+        # session that only opens and quits costs the supervisor one frame, not two.
         self.publish("session", record)
 
     def close_session(self, record: SessionRecord) -> None:
+        self.told.discard(record.id)
         with contextlib.suppress(ConnectionError):  # the supervisor left: nobody to tell
+            # The record itself: pickling a slotted dataclass is C work, unlike a JSON round trip.
             self.channel.send("ended", record, waited_for=False)
         self.publish("ended", record)
 
@@ -189,7 +194,11 @@ class RelayStore(MemoryStore):
         answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.pending[message.id] = answer
         try:
-            self.channel.send("message", _message_data(message), message.raw)
+            # The session's record goes with its first message: the supervisor keeps (and with
+            # --store writes) the message with its session, as it stands now.
+            first = session.id not in self.told
+            self.channel.send("message", _message_data(message), message.raw, first and session)
+            self.told.add(session.id)
             error = await answer
         finally:
             self.pending.pop(message.id, None)
@@ -520,9 +529,9 @@ class Supervisor(FakeSMTP):
         while (frame := await worker.channel.receive()) is not None:
             kind = frame[0]
             try:
-                if kind == "session":
-                    store.open_session(frame[1])
-                elif kind == "message":
+                if kind == "message":
+                    if frame[3] and store.session(frame[3].id) is None:
+                        store.open_session(frame[3])  # the session's first message
                     await self._take_message(worker, frame[1], frame[2])
                 elif kind == "ended":
                     self._take_ended(frame[1])
