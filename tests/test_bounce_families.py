@@ -1488,6 +1488,72 @@ UNSEEN_LAYOUTS = {
         ),
         ("ja@example.test", 550, "5.1.1", None),
     ),
+    "hmailserver": (
+        (
+            "Your message did not reach some or all of the intended recipients.\n"
+            "\n"
+            "   Sent: Mon, 02 Mar 2026 10:00:00 +0000\n"
+            "   Subject: hello\n"
+            "\n"
+            "The following recipient(s) could not be reached:\n"
+            "\n"
+            "qi@example.test\n"
+            "   Error Type: SMTP\n"
+            "   Remote server (192.0.2.70) issued an error.\n"
+            "   hMailServer sent: RCPT TO:<qi@example.test>\n"
+            "   Remote server replied: 550 5.1.1 User unknown\n"
+        ),
+        ("qi@example.test", 550, "5.1.1", "rcpt"),
+    ),
+    "ms-smtpsvc": (
+        MAIL_HEAD
+        + (
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n'
+            "\n"
+            "--b\n"
+            "Content-Type: text/plain\n"
+            "\n"
+            "This is an automatically generated Delivery Status Notification.\n"
+            "\n"
+            "Delivery to the following recipients failed.\n"
+            "\n"
+            "       ri@example.test\n"
+            "\n"
+            "--b\n"
+            "Content-Type: message/delivery-status\n"
+            "\n"
+            "Reporting-MTA: dns;iis.example.test\n"
+            "\n"
+            "Final-Recipient: rfc822;ri@example.test\n"
+            "Action: failed\n"
+            "Status: 5.0.0\n"
+            "Diagnostic-Code: smtp;550 5.7.1 Unable to relay for ri@example.test\n"
+            "\n"
+            "--b--\n"
+        ),
+        ("ri@example.test", 550, "5.7.1", None),
+    ),
+    "x5-remote-said": (
+        (
+            "Your message could not be delivered to the following recipient:\n"
+            "\n"
+            "  ti@example.test\n"
+            "\n"
+            "The remote server said:\n"
+            "  550 5.1.1 Unknown recipient\n"
+        ),
+        ("ti@example.test", 550, "5.1.1", None),
+    ),
+    "postfix-old-local-said": (
+        (
+            "This is the Postfix program at host relay.example.test.\n"
+            "\n"
+            "<si@example.test>: host mx.example.test[192.0.2.71] said: 450 <si@example.test>:\n"
+            "    Recipient address rejected: Greylisted for 5 minutes (in reply to RCPT "
+            "TO command)\n"
+        ),
+        ("si@example.test", 450, None, "rcpt"),
+    ),
 }
 
 

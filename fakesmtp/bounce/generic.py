@@ -40,6 +40,12 @@ _MARKER = re.compile(
 )
 # "for TEXT command" / "for RCPT command": some MTAs name the command so, before the reply.
 _FOR_COMMAND = re.compile(r"\bfor\s+(?P<cmd>[A-Z][A-Za-z ]{1,20}?)\s+command\b", re.IGNORECASE)
+# "hMailServer sent: RCPT TO:<x>" on the line above "Remote server replied: 550 ...": the
+# command the reporting server sent, named in the line before the reply.
+_SENT_COMMAND = re.compile(
+    r"\bsent:\s*(?P<cmd>(?:RCPT\s+TO|MAIL\s+FROM|DATA|EHLO|HELO|STARTTLS|AUTH)\b[^\n]{0,300})",
+    re.IGNORECASE,
+)
 
 
 def read(text: str, hints: Hints) -> list[Finding]:
@@ -93,7 +99,11 @@ def _stage(text: str, marker_at: int, raw: str) -> tuple[str | None, list[str], 
     # RCPT TO:", "after end of data:", "for TEXT command").
     prev_start = max(lo, text.rfind("\n", lo, max(lo, line_start - 1)) + 1)
     window = text[prev_start : marker_at + 60]
-    found = list(AFTER_COMMAND.finditer(window)) or list(_FOR_COMMAND.finditer(window))
+    found = (
+        list(AFTER_COMMAND.finditer(window))
+        or list(_FOR_COMMAND.finditer(window))
+        or list(_SENT_COMMAND.finditer(window))
+    )
     if found and (stage := stage_of(found[-1]["cmd"])):
         return stage, [f'stage from "{squash(found[-1].group(0))}"'], raw
     return None, [], raw
