@@ -133,6 +133,8 @@ def unknown_variables(
 ) -> list[str]:
     """One warning per ``FAKESMTP_*`` variable nothing reads, with the closest real name."""
     environ = os.environ if environ is None else environ
+    if not any(name.startswith(PREFIX + "_") for name in environ):
+        return []  # the usual case: no need to walk every option of every command at start-up
     known = set(known_variables(command)) | OTHER_VARIABLES
     warnings = []
     for name in sorted(environ):

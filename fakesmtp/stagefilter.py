@@ -47,16 +47,27 @@ def _values(key: str) -> Callable[[Stage, Facts], Iterable[str]]:
     return recipients
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StageFilter:
     """Every rule of one stage, as one regex over one fact; and what the transcript then says."""
 
-    regex: re.Pattern[str]
+    globs: tuple[str, ...]  # casefolded, every rule's
     values: Callable[[Stage, Facts], Iterable[str]]
     note: str  # why no rule fired, when the filter alone says so
+    # Compiled at the stage's first command, not when the engine is built: a server starts
+    # (and a scenario swap or reset finishes) that much sooner.
+    compiled: re.Pattern[str] | None = None
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        if self.compiled is None:
+            # Python's fnmatch, for the filter alone: the rules themselves run on RE2 as written.
+            sources = [fnmatch.translate(glob) for glob in self.globs]
+            self.compiled = re.compile("|".join(f"(?:{source})" for source in sources), re.DOTALL)
+        return self.compiled
 
     def none_can_match(self, stage: Stage, facts: Facts) -> bool:
-        match = self.regex.match
+        match = (self.compiled or self.regex).match  # the property only the first time
         return not any(match(value.casefold()) for value in self.values(stage, facts))
 
 
@@ -72,11 +83,9 @@ def stage_filter(rules: tuple[Rule, ...], limit: int = 3) -> StageFilter | None:
     globs = [getattr(getattr(rule.match, _MATCHERS[key]), "globs", None) for rule in rules]
     if not all(globs) or len(globs) > MAX_RULES:  # a /regex/ keeps its flags and search
         return None
-    # Python's fnmatch, for the filter alone: the rules themselves run on RE2 as written.
-    sources = [fnmatch.translate(glob.casefold()) for some in globs for glob in some]  # type: ignore[union-attr]
-    regex = re.compile("|".join(f"(?:{source})" for source in sources), re.DOTALL)
+    folded = tuple(glob.casefold() for some in globs for glob in some)  # type: ignore[union-attr]
     # The very words Engine.why_not() would find, rule by rule, for a value matching none.
     reasons = [f"{rule.label}: {key} did not match" for rule in rules[:limit]]
     more = f"; and {len(rules) - limit} more" if len(rules) > limit else ""
     note = "no rule fired (" + "; ".join(reasons) + more + ")"
-    return StageFilter(regex, _values(key), note)
+    return StageFilter(folded, _values(key), note)
