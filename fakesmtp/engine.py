@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .counters import CounterStore, MemoryCounters, OpenSessions
 from .patterns import TextMatcher
@@ -246,49 +246,48 @@ class Engine:
     def decide(self, stage: Stage, facts: Facts) -> Decision | None:
         """The first rule for ``stage`` that matches and fires, else the address reply."""
         state = self._state
-        if stage not in state.by_stage or self._filtered(state, stage, facts):
-            # The common cases: no rules here, or none can match. No generator, no counting.
-            if state.scenario.server.address_replies:
-                return _address_decision(stage, facts)
-            return None
+        if self._none_can_fire(state, stage, facts):  # the common case: no generator, no count
+            return self._fallback(state, stage, facts)
         steps = self._steps(state, stage, facts)
         try:
             count = next(steps)
             while True:
-                total = count.store.hit(
-                    count.key,
-                    self.clock(),
-                    window=count.window,
-                    limit=count.limit,
-                    amount=count.amount,
-                )
-                count = steps.send(total)
+                count = steps.send(self._hit(count))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
     async def decide_async(self, stage: Stage, facts: Facts) -> Decision | None:
         """As decide(), for a counter store whose hit() must be awaited."""
         state = self._state
-        if stage in state.filters and self._filtered(state, stage, facts):
-            if state.scenario.server.address_replies:
-                return _address_decision(stage, facts)
-            return None
+        if self._none_can_fire(state, stage, facts):
+            return self._fallback(state, stage, facts)
         steps = self._steps(state, stage, facts)
         try:
             count = next(steps)
             while True:
-                total = count.store.hit(
-                    count.key,
-                    self.clock(),
-                    window=count.window,
-                    limit=count.limit,
-                    amount=count.amount,
-                )
+                total = self._hit(count)
                 if inspect.isawaitable(total):
                     total = await total
                 count = steps.send(total)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    def _none_can_fire(self, state: _State, stage: Stage, facts: Facts) -> bool:
+        """No rules at this stage, or its filter shows none can match: no counting to do."""
+        return stage not in state.by_stage or self._filtered(state, stage, facts)
+
+    @staticmethod
+    def _fallback(state: _State, stage: Stage, facts: Facts) -> Decision | None:
+        """What answers when no rule fires: the address-driven reply, or the normal one."""
+        if state.scenario.server.address_replies:
+            return _address_decision(stage, facts)
+        return None
+
+    def _hit(self, count: Count) -> Any:
+        """Add one match to its counter: the total, or an awaitable of it (a shared store)."""
+        return count.store.hit(
+            count.key, self.clock(), window=count.window, limit=count.limit, amount=count.amount
+        )
 
     @staticmethod
     def _filtered(state: _State, stage: Stage, facts: Facts) -> bool:
@@ -323,9 +322,7 @@ class Engine:
             to = _matching_recipient(rule.match, stage, facts)
             return Decision(rule.reply, rule.action, rule.delay, rule, to, count)
         state.held = held
-        if state.scenario.server.address_replies:
-            return _address_decision(stage, facts)
-        return None
+        return self._fallback(state, stage, facts)
 
     def _count(self, state: _State, rule: Rule, stage: Stage, facts: Facts) -> Count:
         """Which counter one match of ``rule`` adds to."""
