@@ -41,8 +41,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
         at = _CODE_AT.search(words)
         reply = parse_reply(words[at.end() :]) if at else None
         if reply is None:
-            hints.no_reply.append(words)
-            hints.local_failure = True
+            hints.local(words)
             continue
         for rcpt in recipients:
             findings.append(

@@ -31,8 +31,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
         m = _LIKE.match(line.strip())
         if m is None:
             if intro and line.strip() and looks_local(line):
-                hints.no_reply.append(line.strip())
-                hints.local_failure = True
+                hints.local(line.strip())
             continue
         first = m["rest"].strip()
         start = i

@@ -37,8 +37,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             continue
         if looks_local(raw):
             # Exchange's own verdict on a message it could not hand over (DNS, expiry).
-            hints.no_reply.append(raw)
-            hints.local_failure = True
+            hints.local(raw)
             continue
         notes: list[str] = []
         host = m["hostc"] or m["hosta"] or m["hostb"] or (remote["host"] if remote else None)

@@ -94,8 +94,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             if failed_intro and i + 1 < len(lines) and not _MARKER.search(lines[i + 1]):
                 nxt = lines[i + 1].strip()
                 if nxt and looks_local(nxt) and not _HOST_LINE.match(lines[i + 1]):
-                    hints.no_reply.append(nxt)
-                    hints.local_failure = True
+                    hints.local(nxt)
             i += 1
             continue
         if h := _HOST_LINE.match(line):

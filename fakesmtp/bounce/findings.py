@@ -40,6 +40,11 @@ class Hints:
     # is then that server's own summary, not a remote reply.
     local_failure: bool = False
 
+    def local(self, words: str) -> None:
+        """A family reader's verdict: the reporting server failed on its own, in these words."""
+        self.no_reply.append(words)
+        self.local_failure = True
+
 
 def reply_key(f: Finding) -> tuple[object, ...]:
     """What makes two findings the same reply: merged into one rule when they share it."""

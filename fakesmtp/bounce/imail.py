@@ -38,8 +38,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
         if reply is None:
             continue
         if looks_local(raw):
-            hints.no_reply.append(raw)
-            hints.local_failure = True
+            hints.local(raw)
             continue
         relay = _RELAY.search(raw)
         pos = offset + sum(len(x) + 1 for x in lines[:i])
@@ -56,6 +55,5 @@ def read(text: str, hints: Hints) -> list[Finding]:
     if not findings and lines:
         local = next((ln.strip() for ln in lines if ln.strip()), "")
         if local:
-            hints.no_reply.append(local)
-            hints.local_failure = True
+            hints.local(local)
     return findings

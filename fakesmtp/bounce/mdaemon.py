@@ -25,8 +25,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             continue
         reply = parse_reply(m["reason"])
         if reply is None or looks_local(m["reason"]):
-            hints.no_reply.append(m["reason"])
-            hints.local_failure = True
+            hints.local(m["reason"])
             continue
         findings.append(
             reply.finding(

@@ -29,8 +29,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
         m = _LINE.match(line)
         if m is None:
             if intro and (loc := _LOCAL_LINE.match(line)) and looks_local(loc["why"]):
-                hints.no_reply.append(line.strip())
-                hints.local_failure = True
+                hints.local(line.strip())
             continue
         raw = m["reply"].strip()
         # Indented lines after it are the reply wrapped.

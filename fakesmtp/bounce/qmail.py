@@ -57,8 +57,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             if stripped:
                 context = stripped
                 if recipient and _LOCAL.search(stripped):
-                    hints.no_reply.append(stripped)
-                    hints.local_failure = True
+                    hints.local(stripped)
             continue
         chunk = [m["reply"]]
         j = i + 1

@@ -44,8 +44,7 @@ def read(text: str, hints: Hints) -> list[Finding]:
             # a local mailer), so no remote server answered.
             local = [ln for ln in own if ln[:1].isdigit()] or own
             if local:
-                hints.no_reply.append(local[0])
-                hints.local_failure = True
+                hints.local(local[0])
         return []
     findings: list[Finding] = []
     for ex in transcript.refusals(transcript.read(text)):
