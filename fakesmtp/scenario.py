@@ -13,6 +13,7 @@ import contextlib
 import gc
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from . import yaml_subset
 from .patterns import (
     PatternError,
     SizeMatcher,
@@ -136,6 +138,9 @@ class Match:
     size: SizeMatcher | None = None
     concurrent: SizeMatcher | None = None  # open sessions now, per the rule's `per`
     keys: tuple[str, ...] = ()  # the keys written, in order: for near-miss reports
+
+    def keys_allowed(self, allowed: frozenset[str]) -> bool:
+        return all(key in allowed for key in self.keys)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,13 +304,21 @@ class _Reader:
             self.problem(node, key, f"must be {what}, not {_kind(node)}")
             return None
         value = self.value(node)
-        if isinstance(value, bool) and bool not in kinds:
-            self.problem(node, key, f"must be {what}, not {value!r}")
-            return None
-        if not isinstance(value, kinds):
+        if not _is_kind(value, kinds):
             self.problem(node, key, f"must be {what}, not {value!r}")
             return None
         return value
+
+    def typed(self, node: yaml.Node, key: str, spec: _Value) -> Any:
+        """A rule value per its spec: the right kind, then converted, or a problem."""
+        value = self.scalar(node, key, spec.kinds, spec.what)
+        if value is None:
+            return None
+        try:
+            return spec.convert(value, self.from_code)
+        except _Refused as refused:
+            self.problem(node, key, refused.message, refused.allowed)
+            return None
 
     def strings(self, node: yaml.Node, key: str) -> str | list[str] | None:
         """A string or a list of strings (a pattern, or "any of" patterns)."""
@@ -319,6 +332,13 @@ class _Reader:
             return [str(item) for item in items]
         value = self.scalar(node, key, (str, int), "a string or a list of strings")
         return None if value is None else str(value)
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``isinstance``, except that YAML's true/false are not numbers."""
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
 
 
 def _kind(node: yaml.Node) -> str:
@@ -390,6 +410,8 @@ _PER_STAGES: dict[Per, frozenset[Stage]] = {
     Per.TRIPLET: frozenset({Stage.RCPT, Stage.DATA, Stage.BDAT, Stage.END_OF_DATA}),
 }
 
+
+_ALL_STAGES = frozenset(Stage)
 
 # What `concurrent` can count open sessions per: each of these can have several at once.
 _CONCURRENT_PER = (Per.SERVER, Per.CLIENT, Per.SENDER)
@@ -669,65 +691,21 @@ class _Builder:
         for key, (_, value_node) in nodes.items():
             if key == "on":
                 continue
-            value = _RULE_READERS[key](self, value_node, stage)
+            spec = _RULE_VALUES.get(key)
+            if spec is not None:
+                value = r.typed(value_node, key, spec)
+            elif key == "match":
+                value = self.rule_match(value_node, stage)
+            else:
+                value = self.rule_reply(value_node, stage)
             if value is not None:
                 fields[key] = value
         if stage is None or len(r.problems) > before:
             return None
-        if "reply" not in nodes and "action" not in nodes and "delay" not in nodes:
-            r.problem(node, "reply", "a rule must say what to do", "reply, action, delay")
-            return None
-        action = fields.get("action")
-        if action in (Action.DROP, Action.RESET, Action.HANG) and "reply" in fields:
-            r.problem(
-                nodes["action"][1],
-                "action",
-                f"{action} gives no reply, so this rule's reply would never be sent",
-                "close (reply then close), or remove reply",
-            )
-            return None
-        per = fields.get("per", Per.SERVER)
-        if "per" in fields and stage not in _PER_STAGES.get(per, frozenset(Stage)):
-            r.problem(
-                nodes["per"][1],
-                "per",
-                f"per {per} means nothing at stage {stage}: it has no {per} yet",
-                ", ".join(p.value for p in Per if stage in _PER_STAGES.get(p, frozenset(Stage))),
-            )
-            return None
-        match = fields.get("match")
-        if match is not None and match.concurrent is not None and per not in _CONCURRENT_PER:
-            r.problem(
-                nodes["per"][1],
-                "per",
-                f"concurrent counts open sessions per server, client or sender, not per {per}",
-                ", ".join(p.value for p in _CONCURRENT_PER),
-            )
-            return None
-        if "volume" in fields and ("times" in fields or "after" in fields):
-            r.problem(
-                nodes["volume"][1],
-                "volume",
-                "counts bytes, and times/after count matches: a rule limits one or the other",
-                "volume, or times/after",
-            )
-            return None
-        if "volume" in fields and stage is not Stage.END_OF_DATA:
-            r.problem(
-                nodes["volume"][1],
-                "volume",
-                f"counts the bytes of messages, which stage {stage} has not seen",
-                "on: end_of_data",
-            )
-            return None
-        counted = "times" in fields or "after" in fields or "volume" in fields
-        if "within" in fields and not counted:
-            r.problem(
-                nodes["within"][1],
-                "within",
-                "counts the matches that times/after limit, but this rule has neither",
-                "add times or after (or volume), or remove within",
-            )
+        conflict = _rule_conflict(stage, fields)
+        if conflict is not None:
+            key, message, allowed = conflict
+            r.problem(node if key == "reply" else nodes[key][1], key, message, allowed)
             return None
         return Rule(**fields)
 
@@ -790,126 +768,299 @@ class _Builder:
                     return None
                 if parts["code"] is None or any(v is None for v in parts.values()):
                     return None
-                return self._reply(parts["code"], parts.get("status"), parts.get("text"), stage)
+                return _reply(parts["code"], parts.get("status"), parts.get("text"), stage)
             value = r.scalar(node, "reply", (str, int), 'a reply like "550 5.1.1 text"')
             if value is None:
                 return None
-            if isinstance(value, int) or str(value).strip().isdigit():
-                return self._reply(int(value), None, None, stage)
-            reply = _parsed_reply(str(value))
-            if reply.lines == ("",):  # "550 5.1.1" alone: the catalog's text
-                return self._reply(reply.code, reply.status, None, stage)
-            return reply
+            return _reply_line(value, stage)
         except ReplyError as error:
             allowed = "200 to 599" if "code" in str(error) and "between" in str(error) else ""
             r.problem(node, "reply", str(error), allowed)
             return None
 
-    @staticmethod
-    def _reply(code: int, status: str | None, text: Any, stage: Stage | None) -> Reply:
-        if text is None or isinstance(text, str):
-            return _made_reply(code, status, text, stage)  # frozen: one per distinct reply
-        return _make_reply(code, status, text, stage)
+    # -- rules read by yaml_subset: plain data, files only
 
-    def _choice(self, node: yaml.Node, key: str, kind: type[EnumT], what: str) -> EnumT | None:
-        """One of an enum's words (action, per), or a problem listing them."""
-        value = self.read.scalar(node, key, (str,), what)
-        if value is None:
+    def quick_rules(self, items: list[Any], lines: list[int]) -> tuple[Rule, ...] | None:
+        """The rules of a file the subset reader read, or None at the first thing not plainly
+        right: the caller then loads the file the thorough way, which says what is wrong.
+
+        Values arrive typed as the YAML loader types them, so this takes exactly what
+        ``rule()`` takes and builds the same rules (tests/test_yaml_subset.py compares them);
+        it only never words a problem.
+        """
+        rules = []
+        path = self.read.path
+        matches: dict[int, Match] = {}  # the reader hands one dict for a repeated match line
+        for data, line in zip(items, lines, strict=True):
+            if type(data) is not dict:
+                return None
+            on = data.get("on")
+            stage = _STAGES.get(on) if type(on) is str else None
+            if stage is None:
+                return None
+            fields: dict[str, Any] = {"source": Source(path=path, line=line), "on": stage}
+            for key, value in data.items():
+                if key == "match":
+                    match = matches.get(id(value))
+                    if match is None or not match.keys_allowed(MATCH_KEYS[stage]):
+                        match = self.quick_match(value, stage)
+                        if match is None:
+                            return None
+                        matches[id(value)] = match
+                    fields["match"] = match
+                elif key == "reply":
+                    reply = _quick_reply(value, stage)
+                    if reply is None:
+                        return None
+                    fields["reply"] = reply
+                elif key != "on":
+                    spec = _RULE_VALUES.get(key)
+                    if spec is None or not _is_kind(value, spec.kinds):
+                        return None
+                    try:
+                        fields[key] = spec.convert(value, False)
+                    except _Refused:
+                        return None
+            if _rule_conflict(stage, fields) is not None:
+                return None
+            rules.append(Rule(**fields))
+        return tuple(rules)
+
+    def quick_match(self, data: Any, stage: Stage) -> Match | None:
+        if type(data) is not dict:
             return None
+        allowed = MATCH_KEYS[stage]
+        fields: dict[str, Any] = {}
         try:
-            return kind(value)
-        except ValueError:
-            words = [member.value for member in kind]  # type: ignore[attr-defined]
-            hint = did_you_mean(value, words)
+            for key, value in data.items():
+                if key not in allowed:
+                    return None
+                if key == "tls":
+                    if type(value) is not bool:
+                        return None
+                    fields["tls"] = value
+                elif key == "size" or key == "concurrent":
+                    if not _is_kind(value, (str, int)):
+                        return None
+                    fields[key] = (compile_size if key == "size" else compile_count)(value)
+                elif key == "header":
+                    if type(value) is not dict:
+                        return None
+                    headers = []
+                    for name, written in value.items():
+                        pattern = _quick_strings(written)
+                        if pattern is None:
+                            return None
+                        headers.append((name, self.pattern(compile_text, pattern)))
+                    fields["headers"] = tuple(headers)
+                else:
+                    pattern = _quick_strings(value)
+                    if pattern is None:
+                        return None
+                    compile_fn = compile_cidr if key == "client" else compile_text
+                    fields["sender" if key == "from" else key] = self.pattern(compile_fn, pattern)
+        except PatternError:
+            return None
+        return Match(keys=tuple(data), **fields)
+
+
+def _quick_strings(value: Any) -> str | list[str] | None:
+    """What ``_Reader.strings`` makes of plain data; None where it would report a problem."""
+    if type(value) is str:
+        return value
+    if type(value) is list:
+        if not value or not all(_is_kind(item, (str, int)) for item in value):
+            return None
+        return [str(item) for item in value]
+    return str(value) if _is_kind(value, (int,)) else None
+
+
+def _quick_reply(value: Any, stage: Stage) -> Reply | None:
+    """What ``rule_reply`` makes of plain data; None where it would report a problem."""
+    try:
+        if type(value) is dict:
+            if "code" not in value or not set(value) <= _REPLY_KEY_SET:
+                return None
+            code, status, text = value["code"], value.get("status"), value.get("text")
+            if not _is_kind(code, (int,)) or ("status" in value and type(status) is not str):
+                return None
+            if "text" in value:
+                text = _quick_strings(text)
+                if text is None:
+                    return None
+            return _reply(code, status, text, stage)
+        if not _is_kind(value, (str, int)):
+            return None
+        return _reply_line(value, stage)
+    except ReplyError:
+        return None
+
+
+def _reply(code: int, status: str | None, text: Any, stage: Stage | None) -> Reply:
+    if text is None or isinstance(text, str):
+        return _made_reply(code, status, text, stage)  # frozen: one per distinct reply
+    return _make_reply(code, status, text, stage)
+
+
+def _reply_line(value: str | int, stage: Stage | None) -> Reply:
+    """``reply: 550``, ``reply: "550 5.1.1"`` (catalog text) or a whole reply line."""
+    if isinstance(value, int) or str(value).strip().isdigit():
+        return _reply(int(value), None, None, stage)
+    reply = _parsed_reply(str(value))
+    if reply.lines == ("",):  # "550 5.1.1" alone: the catalog's text
+        return _reply(reply.code, reply.status, None, stage)
+    return reply
+
+
+def _rule_conflict(stage: Stage, fields: dict[str, Any]) -> tuple[str, str, str] | None:
+    """Keys each right alone but wrong together: (the key to blame, why, what is allowed).
+    "reply" blames the rule as a whole."""
+    if "reply" not in fields and "action" not in fields and "delay" not in fields:
+        return "reply", "a rule must say what to do", "reply, action, delay"
+    action = fields.get("action")
+    if action in (Action.DROP, Action.RESET, Action.HANG) and "reply" in fields:
+        return (
+            "action",
+            f"{action} gives no reply, so this rule's reply would never be sent",
+            "close (reply then close), or remove reply",
+        )
+    per = fields.get("per", Per.SERVER)
+    if "per" in fields and stage not in _PER_STAGES.get(per, _ALL_STAGES):
+        return (
+            "per",
+            f"per {per} means nothing at stage {stage}: it has no {per} yet",
+            ", ".join(p.value for p in Per if stage in _PER_STAGES.get(p, _ALL_STAGES)),
+        )
+    match = fields.get("match")
+    if match is not None and match.concurrent is not None and per not in _CONCURRENT_PER:
+        return (
+            "per",
+            f"concurrent counts open sessions per server, client or sender, not per {per}",
+            ", ".join(p.value for p in _CONCURRENT_PER),
+        )
+    if "volume" in fields and ("times" in fields or "after" in fields):
+        return (
+            "volume",
+            "counts bytes, and times/after count matches: a rule limits one or the other",
+            "volume, or times/after",
+        )
+    if "volume" in fields and stage is not Stage.END_OF_DATA:
+        return (
+            "volume",
+            f"counts the bytes of messages, which stage {stage} has not seen",
+            "on: end_of_data",
+        )
+    counted = "times" in fields or "after" in fields or "volume" in fields
+    if "within" in fields and not counted:
+        return (
+            "within",
+            "counts the matches that times/after limit, but this rule has neither",
+            "add times or after (or volume), or remove within",
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- rule values
+
+
+class _Refused(Exception):
+    """A value of the right kind that still cannot be taken: why, and what is allowed."""
+
+    def __init__(self, message: str, allowed: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.allowed = allowed
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """A rule key whose value is one scalar: the kinds it may be, how to name them, and how to
+    turn it into the model's value (``convert(value, from_code)``, raising _Refused)."""
+
+    kinds: tuple[type, ...]
+    what: str
+    convert: Callable[[Any, bool], Any]
+
+
+def _choice(key: str, kind: type[EnumT]) -> Callable[[Any, bool], EnumT]:
+    """One of an enum's words (action, per)."""
+    members: dict[str, EnumT] = {member.value: member for member in kind}  # type: ignore[attr-defined]
+
+    def convert(value: str, from_code: bool) -> EnumT:
+        member = members.get(value)
+        if member is None:
+            hint = did_you_mean(value, list(members))
             hint = f"; {hint}" if hint else ""
-            self.read.problem(node, key, f"unknown {key} {value!r}{hint}", ", ".join(words))
-            return None
+            raise _Refused(f"unknown {key} {value!r}{hint}", ", ".join(members))
+        return member
 
-    def rule_action(self, node: yaml.Node, stage: Stage | None) -> Action | None:
-        return self._choice(node, "action", Action, "an action")
+    return convert
 
-    def rule_delay(self, node: yaml.Node, stage: Stage | None) -> float | None:
-        value = self.read.scalar(node, "delay", (str, int, float), "a duration like 2s or 500ms")
-        if value is None:
-            return None
-        # A bare number is refused in files: SMTP tools disagree on the unit (Mailpit's chaos
-        # and many MTAs count milliseconds, others seconds), and a 5 read as the wrong one is
-        # a test that waits 1000 times too long or not at all. From Python, a number is seconds.
-        if isinstance(value, int | float) and value != 0 and not self.read.from_code:
-            self.read.problem(
-                node,
-                "delay",
-                f"{value} has no unit: write {value}s (seconds) or {value}ms (milliseconds)",
-            )
-            return None
-        try:
-            return parse_duration(value)
-        except PatternError as error:
-            self.read.problem(node, "delay", str(error))
-            return None
 
-    def _count(self, node: yaml.Node, key: str, minimum: int) -> int | None:
-        value = self.read.scalar(node, key, (int,), "a whole number")
-        if value is not None and value < minimum:
-            self.read.problem(node, key, f"must be {minimum} or more")
-            return None
+def _delay(value: str | float, from_code: bool) -> float:
+    # A bare number is refused in files: SMTP tools disagree on the unit (Mailpit's chaos
+    # and many MTAs count milliseconds, others seconds), and a 5 read as the wrong one is
+    # a test that waits 1000 times too long or not at all. From Python, a number is seconds.
+    if isinstance(value, int | float) and value != 0 and not from_code:
+        raise _Refused(f"{value} has no unit: write {value}s (seconds) or {value}ms (milliseconds)")
+    try:
+        return parse_duration(value)
+    except PatternError as error:
+        raise _Refused(str(error)) from None
+
+
+def _at_least(minimum: int) -> Callable[[int, bool], int]:
+    def convert(value: int, from_code: bool) -> int:
+        if value < minimum:
+            raise _Refused(f"must be {minimum} or more")
         return value
 
-    def rule_times(self, node: yaml.Node, stage: Stage | None) -> int | None:
-        return self._count(node, "times", 1)
-
-    def rule_after(self, node: yaml.Node, stage: Stage | None) -> int | None:
-        return self._count(node, "after", 0)
-
-    def rule_per(self, node: yaml.Node, stage: Stage | None) -> Per | None:
-        return self._choice(node, "per", Per, "what the counts are kept per")
-
-    def rule_volume(self, node: yaml.Node, stage: Stage | None) -> int | None:
-        value = self.read.scalar(node, "volume", (str, int), "a size like 10MiB")
-        if value is None:
-            return None
-        try:
-            size = parse_size(value)
-        except PatternError as error:
-            self.read.problem(node, "volume", str(error))
-            return None
-        if size < 1:
-            self.read.problem(node, "volume", "must be 1 byte or more")
-            return None
-        return size
-
-    def rule_within(self, node: yaml.Node, stage: Stage | None) -> float | None:
-        value = self.read.scalar(node, "within", (str, int, float), "a duration like 1m or 30s")
-        if value is None:
-            return None
-        try:
-            seconds = parse_duration(value)
-        except PatternError as error:
-            self.read.problem(node, "within", str(error))
-            return None
-        if seconds <= 0:  # an empty window would count nothing, and the rule never fire
-            self.read.problem(node, "within", "must be more than 0")
-            return None
-        return seconds
-
-    def rule_probability(self, node: yaml.Node, stage: Stage | None) -> float | None:
-        value = self.read.scalar(node, "probability", (int, float), "a number from 0 to 1")
-        if value is None:
-            return None
-        if not 0 < value <= 1:
-            self.read.problem(node, "probability", f"{value} is not in (0, 1]", "0 < p <= 1")
-            return None
-        return float(value)
-
-    def rule_name(self, node: yaml.Node, stage: Stage | None) -> str | None:
-        return self.read.scalar(node, "name", (str,), "a string")
+    return convert
 
 
-# One lookup per rule key instead of building "rule_<key>" and getattr: 100,000 rules have
-# half a million keys.
-_RULE_READERS: dict[str, Callable[[_Builder, yaml.Node, Stage | None], Any]] = {
-    key: getattr(_Builder, f"rule_{key}") for key in _RULE_KEYS if key != "on"
+def _volume(value: str | int, from_code: bool) -> int:
+    try:
+        size = parse_size(value)
+    except PatternError as error:
+        raise _Refused(str(error)) from None
+    if size < 1:
+        raise _Refused("must be 1 byte or more")
+    return size
+
+
+def _within(value: str | float, from_code: bool) -> float:
+    try:
+        seconds = parse_duration(value)
+    except PatternError as error:
+        raise _Refused(str(error)) from None
+    if seconds <= 0:  # an empty window would count nothing, and the rule never fire
+        raise _Refused("must be more than 0")
+    return seconds
+
+
+def _probability(value: float, from_code: bool) -> float:
+    if not 0 < value <= 1:
+        raise _Refused(f"{value} is not in (0, 1]", "0 < p <= 1")
+    return float(value)
+
+
+def _unchanged(value: Any, from_code: bool) -> Any:
+    return value
+
+
+# Every rule key but on, match and reply (each a mapping or more).
+_RULE_VALUES: dict[str, _Value] = {
+    "action": _Value((str,), "an action", _choice("action", Action)),
+    "delay": _Value((str, int, float), "a duration like 2s or 500ms", _delay),
+    "times": _Value((int,), "a whole number", _at_least(1)),
+    "after": _Value((int,), "a whole number", _at_least(0)),
+    "per": _Value((str,), "what the counts are kept per", _choice("per", Per)),
+    "volume": _Value((str, int), "a size like 10MiB", _volume),
+    "within": _Value((str, int, float), "a duration like 1m or 30s", _within),
+    "probability": _Value((int, float), "a number from 0 to 1", _probability),
+    "name": _Value((str,), "a string", _unchanged),
 }
+_REPLY_KEY_SET = frozenset(_REPLY_KEYS)
 _STAGES = {stage.value: stage for stage in Stage}
 
 
@@ -1023,6 +1174,9 @@ def collector_paused() -> Iterator[None]:
 
 
 def _load_text(text: str, source: str, file_check: Callable[[str], bool] | None) -> Scenario:
+    scenario = _load_quickly(text, source, file_check)
+    if scenario is not None:
+        return scenario
     try:
         root = _compose(text)
     except yaml.YAMLError as error:
@@ -1051,6 +1205,81 @@ def _load_text(text: str, source: str, file_check: Callable[[str], bool] | None)
     if builder.read.problems or scenario is None:
         raise ScenarioError(builder.read.problems)
     return scenario
+
+
+# A top-level `rules:` line with nothing after it but a comment; and where a top-level block
+# ends: the next line that starts at column 0 with anything but a comment or a "- " item.
+_RULES_LINE = re.compile(r"^rules: *(?:#[^\n]*)?\r?$", re.MULTILINE)
+_TOP_LEVEL_LINE = re.compile(r"^(?:[^ \n\r#-]|-[^ \n\r])", re.MULTILINE)
+
+
+def _load_quickly(
+    text: str, source: str, file_check: Callable[[str], bool] | None
+) -> Scenario | None:
+    """The Scenario the thorough path would build, for a file whose rules yaml_subset can
+    read and that has no mistake; otherwise None, and the thorough path reads it all.
+
+    The rules are read by yaml_subset and built from plain data (`_Builder.quick_rules`). The
+    rest of the file (name, server: ...) goes through the YAML loader and the same builder as
+    always, with the rules' lines left empty so that every line keeps its number.
+    """
+    found = _RULES_LINE.search(text)
+    if found is None or _RULES_LINE.search(text, found.end()) is not None:
+        return None
+    body_start = found.end() + 1
+    following = _TOP_LEVEL_LINE.search(text, body_start)
+    body_end = following.start() if following else len(text)
+    rules_line = text.count("\n", 0, found.start())  # 0-based, as YAML marks count
+    read = yaml_subset.read_sequence(text[body_start:body_end], rules_line + 2)
+    if read is None:
+        return None
+    builder = _Builder(source, file_check)
+    rules = builder.quick_rules(read.items, read.lines)
+    if rules is None:
+        return None
+    region = text[found.start() : body_end]
+    stand_in = "rules: []" + "\n" * region.count("\n")
+    rest = text[: found.start()] + stand_in + text[body_end:]
+    try:
+        root = _compose(rest)
+    except yaml.YAMLError:
+        return None
+    if not _holds_stand_in(root, rules_line):
+        return None
+    if "&" in rest and _alias_problem(root, source) is not None:
+        return None
+    scenario = builder.scenario(root, text)
+    if scenario is None or builder.read.problems:
+        return None
+    # Secret spans were found in `rest`: past the stand-in, they move by what it saved.
+    moved, saved = found.start() + len(stand_in), len(region) - len(stand_in)
+    spans = tuple(
+        (start + saved, end + saved) if start >= moved else (start, end)
+        for start, end in scenario.secret_spans
+    )
+    return replace(scenario, rules=rules, secret_spans=spans)
+
+
+def _holds_stand_in(root: yaml.Node | None, line: int) -> bool:
+    """Whether the file's one `rules` key is the line that was found, now `rules: []`: the
+    found line was the top-level key, not text inside some other value."""
+    if not isinstance(root, yaml.MappingNode):
+        return False
+    found = [
+        (key, value)
+        for key, value in root.value
+        if isinstance(key, yaml.ScalarNode) and key.value == "rules"
+    ]
+    if len(found) != 1:
+        return False
+    key, value = found[0]
+    return (
+        key.start_mark.line == line
+        and key.start_mark.column == 0
+        and isinstance(value, yaml.SequenceNode)
+        and not value.value
+        and value.flow_style is True
+    )
 
 
 # How many nodes aliases may add to a scenario once expanded. The composed graph shares an

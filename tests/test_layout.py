@@ -18,7 +18,7 @@ PACKAGE = Path(fakesmtp.__file__).parent
 # What sits below what: a module may import only from its own layer or a lower one.
 LAYERS = [
     {"stages", "patterns", "reply", "tls", "suggest", "eventloop", "version", "catalog_defaults"},
-    {"yaml_errors", "access", "cli_env"},
+    {"yaml_errors", "yaml_subset", "access", "cli_env"},
     {"catalog", "scenario", "transcript"},
     {"store", "metrics", "mailview", "search", "mailpit_send"},
     # counters and stagefilter name engine.Facts for type checkers only
