@@ -36,12 +36,17 @@ _SIMPLE_FLOW = re.compile(
     rf"(\{{ *{_KEY}: +(?:{_SCALAR}|{_LIST})(?: *, *{_KEY}: +(?:{_SCALAR}|{_LIST}))* *\}}"
     rf"|{_LIST}) *(?:#.*)?"
 )
+_ONE_PAIR_ROW = re.compile(
+    rf"( *)(- +)?({_KEY}): +\{{ *({_KEY}): +(?:(\"[^\"\\]*\"|'[^']*'(?!'))"
+    rf"|([^\s,\[\]{{}}#:&*!|>'\"%@`?-][^,\[\]{{}}#:]*?)) *\}} *(?:#.*)?"
+)
 _FLOW_PAIR = re.compile(rf"({_KEY}): +({_SCALAR}|{_LIST})")
 _FLOW_ITEM = re.compile(_SCALAR)
 _DOUBLE_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # What PyYAML refuses to read, plus what this reader does not take on: tabs (YAML's rules for
 # them are subtle), carriage returns not followed by a line feed, and YAML 1.1's other line
 # breaks (NEL, LS, PS), which Python's `$` does not treat as line ends. A BOM inside the text too.
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\n"
 _OUTSIDE = re.compile("[^\x0a\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
 # First characters that make a plain scalar something else (alias, tag, anchor, block scalar,
 # directive, reserved), or that YAML allows only in cases not worth the risk here (`-1`, `?x`).
@@ -72,7 +77,10 @@ def read_sequence(text: str, first_line: int) -> Sequence | None:
     ask the YAML loader."""
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    if _OUTSIDE.search(text):
+    if text.isascii():  # most files: a quick C pass leaves only what YAML would refuse
+        if text.encode("ascii").translate(None, _PRINTABLE_ASCII):
+            return None
+    elif _OUTSIDE.search(text):
         return None
     try:
         return _Reader(text, first_line).document()
@@ -98,6 +106,11 @@ class _Reader:
                 self.numbers.append(number)
 
     def row(self, line: str) -> tuple[int, int, str, Any] | None:
+        pair = _ONE_PAIR_ROW.fullmatch(line)
+        if pair is not None:  # `    match: {to: "*@x.test"}`, the line big files vary most
+            indent, dash, key, inner, quoted, plain = pair.groups("")
+            value = quoted[1:-1] if quoted else self.resolve(plain)
+            return len(indent), len(dash), key, {inner: value}
         indent, dash, key, rest = _ROW.match(line).groups("")  # type: ignore[union-attr]
         if rest and rest[0] != "#":
             return len(indent), len(dash), key, self.scalar(rest)
@@ -221,6 +234,8 @@ class _Reader:
         return self.resolve(text)
 
     def resolve(self, text: str) -> Any:
+        if text[0] not in _TYPED_FIRST:
+            return text  # no implicit type starts with this character: a string
         value = self.plain.get(text, self)
         if value is self:
             tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))
@@ -327,4 +342,7 @@ def _skip_spaces(text: str, at: int) -> int:
 # The safe loader's resolver and constructor: the same typing as a file loaded the slow way.
 _RESOLVER = yaml.resolver.Resolver()
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
+# The first characters PyYAML's implicit types (bool, int, float, null, timestamp, merge...)
+# can start with; any other plain scalar is a string without asking the resolver.
+_TYPED_FIRST = frozenset(key for key in _RESOLVER.yaml_implicit_resolvers if key)
 _SCALAR_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -277,3 +277,25 @@ def test_bare_greeting_and_closing_codes_name_the_server() -> None:
 )
 def test_volume_mistakes(text: str, expected: str) -> None:
     assert error_of(text) == expected
+
+
+def test_a_rule_repeated_by_alias_is_built_once_into_rules_of_their_own() -> None:
+    text = "rules:\n  - &r {on: rcpt, match: {to: '*@x.test'}, reply: 550 5.1.1 No}\n"
+    text += "  - *r\n" * 20_000
+    scenario = load_scenario_text(text, "a.yaml")
+    assert len(scenario.rules) == 20_001
+    # The engine keeps counts per rule object: copies must not share one.
+    assert len({id(rule) for rule in scenario.rules}) == 20_001
+    assert {(rule.source.line, rule.reply.code) for rule in scenario.rules} == {(2, 550)}  # type: ignore[union-attr]
+
+
+def test_a_wrong_rule_repeated_by_alias_is_reported_once() -> None:
+    text = "rules:\n  - &r {on: rcpt, reply: 612}\n" + "  - *r\n" * 50 + "  - {on: nope}\n"
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario_text(text, "a.yaml")
+    assert str(raised.value).splitlines() == [
+        "a.yaml:2: reply: reply code 612 is not between 200 and 599 (allowed: 200 to 599)",
+        "a.yaml:53: on: unknown stage 'nope'; did you mean 'noop'? (allowed: "
+        + ", ".join(s.value for s in Stage)
+        + ")",
+    ]
