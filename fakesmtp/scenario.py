@@ -1030,10 +1030,26 @@ def _delay(value: str | float, from_code: bool) -> float:
     # a test that waits 1000 times too long or not at all. From Python, a number is seconds.
     if isinstance(value, int | float) and value != 0 and not from_code:
         raise _Refused(f"{value} has no unit: write {value}s (seconds) or {value}ms (milliseconds)")
+    return _parsed(parse_duration, value)
+
+
+def _parsed(parse: Callable[[Any], Any], value: Any) -> Any:
     try:
-        return parse_duration(value)
+        return parse(value)
     except PatternError as error:
         raise _Refused(str(error)) from None
+
+
+def _more_than_zero(parse: Callable[[Any], Any], refusal: str) -> Callable[[Any, bool], Any]:
+    """A size or a duration that must not be 0: a `volume`, a `within` window."""
+
+    def convert(value: Any, from_code: bool) -> Any:
+        parsed = _parsed(parse, value)
+        if parsed <= 0:
+            raise _Refused(refusal)
+        return parsed
+
+    return convert
 
 
 def _at_least(minimum: int) -> Callable[[int, bool], int]:
@@ -1043,26 +1059,6 @@ def _at_least(minimum: int) -> Callable[[int, bool], int]:
         return value
 
     return convert
-
-
-def _volume(value: str | int, from_code: bool) -> int:
-    try:
-        size = parse_size(value)
-    except PatternError as error:
-        raise _Refused(str(error)) from None
-    if size < 1:
-        raise _Refused("must be 1 byte or more")
-    return size
-
-
-def _within(value: str | float, from_code: bool) -> float:
-    try:
-        seconds = parse_duration(value)
-    except PatternError as error:
-        raise _Refused(str(error)) from None
-    if seconds <= 0:  # an empty window would count nothing, and the rule never fire
-        raise _Refused("must be more than 0")
-    return seconds
 
 
 def _probability(value: float, from_code: bool) -> float:
@@ -1082,8 +1078,15 @@ _RULE_VALUES: dict[str, _Value] = {
     "times": _Value((int,), "a whole number", _at_least(1)),
     "after": _Value((int,), "a whole number", _at_least(0)),
     "per": _Value((str,), "what the counts are kept per", _choice("per", Per)),
-    "volume": _Value((str, int), "a size like 10MiB", _volume),
-    "within": _Value((str, int, float), "a duration like 1m or 30s", _within),
+    "volume": _Value(
+        (str, int), "a size like 10MiB", _more_than_zero(parse_size, "must be 1 byte or more")
+    ),
+    # An empty window would count nothing, and the rule never fire.
+    "within": _Value(
+        (str, int, float),
+        "a duration like 1m or 30s",
+        _more_than_zero(parse_duration, "must be more than 0"),
+    ),
     "probability": _Value((int, float), "a number from 0 to 1", _probability),
     "name": _Value((str,), "a string", _unchanged),
 }
