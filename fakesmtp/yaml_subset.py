@@ -47,7 +47,9 @@ _DOUBLE_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # them are subtle), carriage returns not followed by a line feed, and YAML 1.1's other line
 # breaks (NEL, LS, PS), which Python's `$` does not treat as line ends. A BOM inside the text too.
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\n"
-_OUTSIDE = re.compile("[^\x0a\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+_OUTSIDE = re.compile(
+    "[^\x0a\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
 # First characters that make a plain scalar something else (alias, tag, anchor, block scalar,
 # directive, reserved), or that YAML allows only in cases not worth the risk here (`-1`, `?x`).
 _NOT_PLAIN_START = frozenset("-?:,[]{}#&*!|>%@`")

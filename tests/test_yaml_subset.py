@@ -42,7 +42,7 @@ def _as_read(node: yaml.Node) -> Any:
 def _loader_view(text: str) -> tuple[list[Any], list[int]] | None:
     """The loader's reading of a block sequence text: items and their start lines (1-based)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = scenario_module._compose(text)  # libyaml, and PyYAML where libyaml refuses
     except yaml.YAMLError:
         return None
     if not isinstance(root, yaml.SequenceNode):
@@ -78,6 +78,7 @@ SCALARS = [
     '"a" # c', "'a'#c", "[a, b]", "[a, b,]", "[]", "[a, [b]]", "{to: x}", "{to: [a, 'b']}",
     "{to: 'a''b'}", '{"to": "x"}', "{to:x}", "{a: 1, a: 2}", "{to: }", "{}", "{to: x} y",
     "{to: x, from: [a,b]}", "[a, {b: c}]", "x # comment", "550 5.1.1 <x@y> [z]",
+    "a\u2028b", "a\x85b", "a\ufeffb", "{b: c}#x", "'a'#x", "a\x7fb", "\u00e9t\u00e9",
 ]  # fmt: skip
 KEYS = ["on", "match", "reply", "to", "X-Foo", "times", "a b", '"on"', "<<", "on"]
 
@@ -172,6 +173,7 @@ def test_the_reader_reads_the_shapes_scenarios_use(text: str) -> None:
         "- on: 'open\n  quote'\n",  # a quoted scalar over two lines
         "- on: !!str rcpt\n",  # a tag
         "- on: rcpt\x0c\n",  # a character YAML refuses
+        "- on: rc\u2028pt\n",  # a line break to YAML 1.1, not to Python's $
     ],
 )
 def test_the_reader_leaves_the_rest_to_the_loader(text: str) -> None:
