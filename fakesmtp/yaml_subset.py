@@ -24,7 +24,8 @@ import yaml
 # One row per line: indentation, a "- " item marker, a `key:`, and the rest. A key is a plain
 # word (header names, user names, snake_case settings); anything fancier is left to the loader.
 _ROW = re.compile(r"( *)(-(?: +|$))?(?:([A-Za-z0-9_][A-Za-z0-9_.@+/-]*):(?: +|$))?(.*?) *$")
-_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.@+/-]*"
+# At most 128 characters: YAML refuses a key longer than 1,024, and none of ours comes near.
+_KEY = r"[A-Za-z0-9_][A-Za-z0-9_.@+/-]{0,127}"
 _FLOW_KEY = re.compile(_KEY)
 # The one-line flow collections scenarios hold (`{to: "*@x.test"}`, `{to: [a, b]}`,
 # `["a", "b"]`), matched whole in C; anything else goes through the slower reader below.
@@ -54,6 +55,9 @@ _OUTSIDE = re.compile(
 # directive, reserved), or that YAML allows only in cases not worth the risk here (`-1`, `?x`).
 _NOT_PLAIN_START = frozenset("-?:,[]{}#&*!|>%@`")
 _MAX_FLOW_DEPTH = 8
+# Each level of nesting is a call here and sits further right: past this column, a file is
+# nested deeper than any scenario, and the loader (which allows 1,000 levels) takes it.
+_MAX_COLUMN = 100
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
@@ -140,6 +144,8 @@ class _Reader:
         raise _Unsupported  # a scalar on a line of its own, or a multi-line one
 
     def sequence(self, at: int, column: int) -> tuple[list[Any], list[int], int]:
+        if column > _MAX_COLUMN:
+            raise _Unsupported
         rows, count = self.rows, len(self.rows)
         items: list[Any] = []
         lines: list[int] = []
@@ -164,6 +170,8 @@ class _Reader:
         return items, lines, at
 
     def mapping(self, at: int, column: int) -> tuple[dict[str, Any], int]:
+        if column > _MAX_COLUMN:
+            raise _Unsupported
         rows, count = self.rows, len(self.rows)
         mapping: dict[str, Any] = {}
         first = True

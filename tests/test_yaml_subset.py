@@ -174,6 +174,8 @@ def test_the_reader_reads_the_shapes_scenarios_use(text: str) -> None:
         "- on: !!str rcpt\n",  # a tag
         "- on: rcpt\x0c\n",  # a character YAML refuses
         "- on: rc\u2028pt\n",  # a line break to YAML 1.1, not to Python's $
+        "- header: {" + "x" * 1100 + ": v}\n",  # a key longer than YAML allows
+        "".join(" " * n + "- a:\n" for n in range(0, 2000, 2)),  # nested past any scenario
     ],
 )
 def test_the_reader_leaves_the_rest_to_the_loader(text: str) -> None:
