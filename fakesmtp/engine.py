@@ -189,7 +189,15 @@ class _State:
             stage: tuple(rules) for stage, rules in grouped.items()
         }
         self.index = {id(rule): n for n, rule in enumerate(scenario.rules)}
-        self.checks = {id(rule): _compile_checks(rule.match, rule.per) for rule in scenario.rules}
+        # Rules that share a Match (a repeated `match:` line, an alias) share its checks.
+        compiled: dict[tuple[int, Per], tuple[tuple[str, Check], ...]] = {}
+        self.checks = {}
+        for rule in scenario.rules:
+            shared = (id(rule.match), rule.per)
+            checks = compiled.get(shared)
+            if checks is None:
+                checks = compiled[shared] = _compile_checks(rule.match, rule.per)
+            self.checks[id(rule)] = checks
         # One regex per stage, where the rules allow it, says at once that none applies.
         self.filters = {
             stage: found for stage, rules in self.by_stage.items() if (found := stage_filter(rules))
@@ -370,9 +378,9 @@ def _counter_keys(scenario: Scenario, previous: _State | None) -> dict[int, str]
     """A name per rule for its counters: its position, the same in every process; rules kept
     from ``previous`` (a rule added or removed at run time) keep the name they had.
     """
-    keys: dict[int, str] = {}
-    if previous is not None:
-        keys = {id(r): previous.keys[id(r)] for r in scenario.rules if id(r) in previous.keys}
+    if previous is None:  # a new scenario: every rule is named by its position
+        return {id(rule): str(n) for n, rule in enumerate(scenario.rules)}
+    keys = {id(r): previous.keys[id(r)] for r in scenario.rules if id(r) in previous.keys}
     used = set(keys.values())
     for n, rule in enumerate(scenario.rules):
         if id(rule) in keys:
@@ -466,7 +474,9 @@ def _compile_checks(match: Match, per: Per) -> tuple[tuple[str, Check], ...]:
         (key, _check_concurrent(match, per) if key == "concurrent" else _CHECK_BUILDERS[key](match))
         for key in match.keys
     ]
-    return tuple(sorted(checks, key=lambda pair: pair[0] in MESSAGE_KEYS))
+    if len(checks) > 1:
+        checks.sort(key=lambda pair: pair[0] in MESSAGE_KEYS)
+    return tuple(checks)
 
 
 def _check_client(match: Match) -> Check:
