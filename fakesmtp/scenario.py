@@ -725,20 +725,14 @@ class _Builder:
                 r.problem(key_node, where, f"stage {stage} cannot match on {key}", allowed)
                 continue
             keys.append(key)
+            spec = _MATCH_VALUES.get(key)
+            if spec is not None:
+                value = r.typed(value_node, where, spec)
+                if value is not None:
+                    fields[key] = value
+                continue
             try:
-                if key == "tls":
-                    value = r.scalar(value_node, where, (bool,), "true or false")
-                    if value is not None:
-                        fields["tls"] = value
-                elif key == "size":
-                    value = r.scalar(value_node, where, (str, int), "a comparison like >1MiB")
-                    if value is not None:
-                        fields["size"] = compile_size(value)
-                elif key == "concurrent":
-                    value = r.scalar(value_node, where, (str, int), "a comparison like >3")
-                    if value is not None:
-                        fields["concurrent"] = compile_count(value)
-                elif key == "header":
+                if key == "header":
                     headers = []
                     for name, _, pattern_node in r.mapping(value_node, where, _AnyKey()):
                         pattern = r.strings(pattern_node, f"{where}.{name}")
@@ -848,14 +842,11 @@ class _Builder:
             for key, value in data.items():
                 if key not in allowed:
                     return None
-                if key == "tls":
-                    if type(value) is not bool:
+                spec = _QUICK_MATCH_VALUES.get(key)
+                if spec is not None:
+                    if type(value) not in spec[0]:
                         return None
-                    fields["tls"] = value
-                elif key == "size" or key == "concurrent":
-                    if not _is_kind(value, (str, int)):
-                        return None
-                    fields[key] = (compile_size if key == "size" else compile_count)(value)
+                    fields[key] = spec[1](value, False)
                 elif key == "header":
                     if type(value) is not dict:
                         return None
@@ -872,7 +863,7 @@ class _Builder:
                         return None
                     compile_fn = compile_cidr if key == "client" else compile_text
                     fields["sender" if key == "from" else key] = self.pattern(compile_fn, pattern)
-        except PatternError:
+        except (PatternError, _Refused):
             return None
         return Match(keys=tuple(data), **fields)
 
@@ -1002,12 +993,6 @@ class _Value:
     what: str
     convert: Callable[[Any, bool], Any]
 
-    @property
-    def types(self) -> frozenset[type]:
-        """The kinds as exact types, for data from YAML (no subclasses there; bool is not
-        int): one set lookup instead of ``_is_kind``."""
-        return frozenset(self.kinds)
-
 
 def _choice(key: str, kind: type[EnumT]) -> Callable[[Any, bool], EnumT]:
     """One of an enum's words (action, per)."""
@@ -1090,7 +1075,26 @@ _RULE_VALUES: dict[str, _Value] = {
     "probability": _Value((int, float), "a number from 0 to 1", _probability),
     "name": _Value((str,), "a string", _unchanged),
 }
-_QUICK_VALUES = {key: (spec.types, spec.convert) for key, spec in _RULE_VALUES.items()}
+# The match keys whose value is one scalar (the others are patterns and header mappings).
+_MATCH_VALUES: dict[str, _Value] = {
+    "tls": _Value((bool,), "true or false", _unchanged),
+    "size": _Value(
+        (str, int), "a comparison like >1MiB", lambda value, _: _parsed(compile_size, value)
+    ),
+    "concurrent": _Value(
+        (str, int), "a comparison like >3", lambda value, _: _parsed(compile_count, value)
+    ),
+}
+
+
+def _exact(table: dict[str, _Value]) -> dict[str, tuple[frozenset[type], Callable[..., Any]]]:
+    """A table for data read from YAML, where a value's type is exactly one of the kinds (no
+    subclasses; true is not a number): one set lookup instead of ``_is_kind``."""
+    return {key: (frozenset(spec.kinds), spec.convert) for key, spec in table.items()}
+
+
+_QUICK_VALUES = _exact(_RULE_VALUES)
+_QUICK_MATCH_VALUES = _exact(_MATCH_VALUES)
 _REPLY_KEY_SET = frozenset(_REPLY_KEYS)
 _STAGES = {stage.value: stage for stage in Stage}
 
@@ -1257,7 +1261,7 @@ def _load_quickly(
     always, with the rules' lines left empty so that every line keeps its number.
     """
     at = 0 if text.startswith("rules:") else text.find("\nrules:") + 1
-    found = _RULES_LINE.match(text, at) if at or text.startswith("rules:") else None
+    found = _RULES_LINE.match(text, at) if text.startswith("rules:", at) else None
     if found is None or text.find("\nrules:", found.end()) >= 0:
         return None  # no top-level `rules:` line, or two: the loader says what is wrong
     body_start = found.end() + 1
