@@ -42,6 +42,12 @@ def _why_not() -> str | None:
         )
     if os.geteuid() != 0:
         return "Exim's delivery process must be started as root"
+    private = next((d for d in (LIBS, *LIBS.parents) if not d.stat().st_mode & 0o001), None)
+    if private is not None:
+        return (
+            f"{private} is closed to other users, and Exim delivers as nobody, who must reach "
+            "TEST_EXIM_ROOT's libraries: unpack Exim somewhere open (see .ci/run)"
+        )
     return None
 
 
